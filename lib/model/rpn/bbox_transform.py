@@ -1,0 +1,158 @@
+"""Box encoding, decoding, clipping and IoU shared by the RPN and the RCNN target layers.
+
+Convention (the original's, used everywhere in this project): boxes are xyxy in image pixels and
+pixel-inclusive, i.e. a box covers the pixels x1..x2 and y1..y2, so
+
+    width  = x2 - x1 + 1        height = y2 - y1 + 1
+    centre = x1 + 0.5 * width   (the original's definition, kept so that targets match it)
+
+Shorthand: B images, N boxes per image, K gt boxes per image.
+"""
+import math
+
+import torch
+
+# Largest log-scale a decoded box may grow by: exp(dw) <= 1000 / 16. Without it a large predicted dw
+# overflows exp to inf and produces NaN boxes (the same bound as torchvision's and detectron2's
+# Box2BoxTransform).
+BBOX_XFORM_CLIP = math.log(1000.0 / 16)
+
+
+def _widths_centres(boxes):
+    """[..., 4] boxes -> (w, h, cx, cy), each [...]."""
+    w = boxes[..., 2] - boxes[..., 0] + 1.0
+    h = boxes[..., 3] - boxes[..., 1] + 1.0
+    return w, h, boxes[..., 0] + 0.5 * w, boxes[..., 1] + 0.5 * h
+
+
+def encode(ex_rois, gt_rois):
+    """Regression targets (dx, dy, dw, dh) that move ``ex_rois`` onto ``gt_rois``.
+
+    Args:
+        ex_rois: [..., 4] reference boxes (anchors or rois); broadcast against gt_rois.
+        gt_rois: [..., 4] target boxes.
+    Returns:
+        [..., 4] deltas: dx = (gx - ex) / ew, dy likewise, dw = log(gw / ew), dh likewise.
+    """
+    ew, eh, ex, ey = _widths_centres(ex_rois)
+    gw, gh, gx, gy = _widths_centres(gt_rois)
+    return torch.stack(((gx - ex) / ew, (gy - ey) / eh, torch.log(gw / ew), torch.log(gh / eh)), dim=-1)
+
+
+def decode(boxes, deltas):
+    """Apply deltas to boxes (the inverse of :func:`encode`).
+
+    Args:
+        boxes: [..., N, 4] reference boxes.
+        deltas: [..., N, 4k] deltas, k groups of (dx, dy, dw, dh) (k = 1 or one group per class).
+    Returns:
+        [..., N, 4k] decoded boxes, same dtype as deltas. dw and dh are clamped at BBOX_XFORM_CLIP.
+    """
+    w, h, cx, cy = _widths_centres(boxes.to(deltas.dtype))
+    w, h, cx, cy = w.unsqueeze(-1), h.unsqueeze(-1), cx.unsqueeze(-1), cy.unsqueeze(-1)
+    dx = deltas[..., 0::4]
+    dy = deltas[..., 1::4]
+    dw = deltas[..., 2::4].clamp(max=BBOX_XFORM_CLIP)
+    dh = deltas[..., 3::4].clamp(max=BBOX_XFORM_CLIP)
+    pcx = dx * w + cx
+    pcy = dy * h + cy
+    pw = torch.exp(dw) * w
+    ph = torch.exp(dh) * h
+    # (..., N, k, 4) -> (..., N, 4k): x1, y1, x2, y2 of each group side by side, as the deltas were
+    out = torch.stack((pcx - 0.5 * pw, pcy - 0.5 * ph, pcx + 0.5 * pw, pcy + 0.5 * ph), dim=-1)
+    return out.flatten(-2)
+
+
+def bbox_transform(ex_rois, gt_rois):
+    """Targets for paired boxes: ex_rois [N, 4], gt_rois [N, 4] -> [N, 4]."""
+    return encode(ex_rois, gt_rois)
+
+
+def bbox_transform_batch(ex_rois, gt_rois):
+    """Targets for a batch.
+
+    Args:
+        ex_rois: [N, 4] (the same boxes for every image, e.g. anchors) or [B, N, 4].
+        gt_rois: [B, N, 4] (a 5th column, if any, is ignored).
+    Returns:
+        [B, N, 4] deltas.
+    """
+    if ex_rois.dim() not in (2, 3):
+        raise ValueError(f'bbox_transform_batch: ex_rois must be [N, 4] or [B, N, 4], got {tuple(ex_rois.shape)}')
+    return encode(ex_rois[..., :4], gt_rois[..., :4])
+
+
+def bbox_transform_inv(boxes, deltas, batch_size=None):
+    """Decode a batch: boxes [B, N, 4] (or [N, 4]) and deltas [B, N, 4k] -> [B, N, 4k].
+
+    ``batch_size`` is accepted so that the original's call ``bbox_transform_inv(boxes, deltas, 1)`` keeps
+    working; it is not needed (the tensors carry it) and is ignored.
+    """
+    return decode(boxes, deltas)
+
+
+def clip_boxes(boxes, im_info, batch_size=None):
+    """Clip boxes to their image: x to [0, W-1], y to [0, H-1], per image.
+
+    Args:
+        boxes: [B, N, 4k] boxes (k groups of x1, y1, x2, y2).
+        im_info: [B, 3+] rows (H, W, scale, ...) of each image.
+        batch_size: ignored; accepted for the original's call signature.
+    Returns:
+        a new [B, N, 4k] tensor (the input is not modified).
+    """
+    im_info = im_info.to(boxes.dtype)
+    xmax = (im_info[:, 1] - 1).view(-1, 1, 1)
+    ymax = (im_info[:, 0] - 1).view(-1, 1, 1)
+    # (B, N, 4k) -> (B, N, k, 4) so that one bound tensor per coordinate can be broadcast
+    b = boxes.unflatten(-1, (-1, 4))
+    upper = torch.stack((xmax, ymax, xmax, ymax), dim=-1).unsqueeze(-2)  # (B, 1, 1, 4)
+    return torch.minimum(b, upper).clamp(min=0).flatten(-2)
+
+
+def _pairwise_iou(a, b):
+    """a [..., N, 4], b [..., K, 4] -> IoU [..., N, K] (pixel-inclusive), plus the w, h of a and b."""
+    aw = a[..., 2] - a[..., 0] + 1
+    ah = a[..., 3] - a[..., 1] + 1
+    bw = b[..., 2] - b[..., 0] + 1
+    bh = b[..., 3] - b[..., 1] + 1
+    iw = (torch.minimum(a[..., :, None, 2], b[..., None, :, 2])
+          - torch.maximum(a[..., :, None, 0], b[..., None, :, 0]) + 1).clamp(min=0)
+    ih = (torch.minimum(a[..., :, None, 3], b[..., None, :, 3])
+          - torch.maximum(a[..., :, None, 1], b[..., None, :, 1]) + 1).clamp(min=0)
+    inter = iw * ih
+    union = (aw * ah)[..., :, None] + (bw * bh)[..., None, :] - inter
+    return inter / union, (aw, ah), (bw, bh)
+
+
+def bbox_overlaps(anchors, gt_boxes):
+    """IoU of anchors [N, 4] against gt_boxes [K, 4] -> [N, K] (pixel-inclusive)."""
+    return _pairwise_iou(anchors[:, :4], gt_boxes[:, :4])[0]
+
+
+def bbox_overlaps_batch(anchors, gt_boxes):
+    """IoU per image, with the original's handling of padding rows.
+
+    Args:
+        anchors: [N, 4] (shared by all images), [B, N, 4], or [B, N, 5] rois (batch index, x1, y1, x2, y2).
+        gt_boxes: [B, K, 5] (x1, y1, x2, y2, class) or [B, K, 4].
+    Returns:
+        [B, N, K] IoU. A gt box of one pixel (x1 == x2 and y1 == y2, which includes the all-zero padding
+        rows) has overlap 0 with everything; a one-pixel anchor/roi (e.g. a zero padding roi) has overlap -1
+        with every gt, so it is neither foreground nor background.
+    """
+    B = gt_boxes.size(0)
+    if anchors.dim() == 2:
+        a = anchors[:, :4].unsqueeze(0).expand(B, -1, -1)
+    elif anchors.dim() == 3:
+        a = anchors[:, :, 1:5] if anchors.size(2) == 5 else anchors[:, :, :4]
+    else:
+        raise ValueError(f'bbox_overlaps_batch: anchors must be [N, 4], [B, N, 4] or [B, N, 5], '
+                         f'got {tuple(anchors.shape)}')
+    g = gt_boxes[:, :, :4]
+    overlaps, (aw, ah), (gw, gh) = _pairwise_iou(a, g)
+    gt_zero = (gw == 1) & (gh == 1)
+    anchor_zero = (aw == 1) & (ah == 1)
+    overlaps = overlaps.masked_fill(gt_zero[:, None, :], 0)
+    overlaps = overlaps.masked_fill(anchor_zero[:, :, None], -1)
+    return overlaps
