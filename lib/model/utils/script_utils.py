@@ -1,0 +1,237 @@
+"""What trainval_net.py, test_net.py and tools/demo.py share: dataset table, cfg precedence, device, seeding.
+
+Config precedence, the same in every script (later wins):
+  config.py defaults < the dataset's defaults (DATASETS below) < cfgs/<net>[_ls].yml or --cfg
+  < the model-defining keys stored in a checkpoint (test/demo only) < --set.
+"""
+import argparse
+import os
+import pprint
+import random
+
+import numpy as np
+import torch
+import yaml
+
+from lib.model.utils.config import cfg, cfg_from_file, cfg_from_list, cfg_to_dict
+
+NETS = ('vgg16', 'res18', 'res34', 'res50', 'res101', 'res152')
+
+# imdb names for training and testing, and the cfg keys each dataset sets (the original's table; 'shapes' is the
+# synthetic set of this project and 'custom' a VOC-format folder given by --data_path).
+DATASETS = {
+    'pascal_voc': dict(imdb_name='voc_2007_trainval', imdbval_name='voc_2007_test',
+                       set_cfgs=['ANCHOR_SCALES', '[8, 16, 32]', 'ANCHOR_RATIOS', '[0.5, 1, 2]',
+                                 'MAX_NUM_GT_BOXES', '20']),
+    'pascal_voc_0712': dict(imdb_name='voc_2007_trainval+voc_2012_trainval', imdbval_name='voc_2007_test',
+                            set_cfgs=['ANCHOR_SCALES', '[8, 16, 32]', 'ANCHOR_RATIOS', '[0.5, 1, 2]',
+                                      'MAX_NUM_GT_BOXES', '20']),
+    'coco': dict(imdb_name='coco_2014_train+coco_2014_valminusminival', imdbval_name='coco_2014_minival',
+                 set_cfgs=['ANCHOR_SCALES', '[4, 8, 16, 32]', 'ANCHOR_RATIOS', '[0.5, 1, 2]',
+                           'MAX_NUM_GT_BOXES', '50']),
+    'shapes': dict(imdb_name='shapes_trainval', imdbval_name='shapes_test',
+                   set_cfgs=['ANCHOR_SCALES', '[2, 4, 8, 16]', 'ANCHOR_RATIOS', '[0.5, 1, 2]',
+                             'MAX_NUM_GT_BOXES', '20']),
+    'custom': dict(imdb_name='custom_trainval', imdbval_name='custom_test',
+                   set_cfgs=['ANCHOR_SCALES', '[8, 16, 32]', 'ANCHOR_RATIOS', '[0.5, 1, 2]',
+                             'MAX_NUM_GT_BOXES', '20']),
+}
+
+# cfg keys that define the network's shape or its input/output coding. A checkpoint stores them and test_net /
+# demo restore them, so that a model is evaluated the way it was trained whatever --dataset or yml says.
+MODEL_CFG_KEYS = (
+    'ANCHOR_SCALES', 'ANCHOR_RATIOS', 'FEAT_STRIDE', 'POOLING_MODE', 'POOLING_SIZE', 'CROP_RESIZE_WITH_MAX_POOL',
+    'INPUT_FORMAT', 'PIXEL_MEANS', 'PYTORCH_PIXEL_MEANS', 'PYTORCH_PIXEL_STDS', 'RESNET.MAX_POOL',
+    'RESNET.FIXED_BLOCKS', 'TRAIN.BBOX_NORMALIZE_TARGETS_PRECOMPUTED', 'TRAIN.BBOX_NORMALIZE_MEANS',
+    'TRAIN.BBOX_NORMALIZE_STDS',
+)
+
+
+def str2bool(value):
+    """argparse type for real booleans: true/false, yes/no, on/off, 1/0 (any case)."""
+    if isinstance(value, bool):
+        return value
+    v = str(value).strip().lower()
+    if v in ('true', 't', 'yes', 'y', 'on', '1'):
+        return True
+    if v in ('false', 'f', 'no', 'n', 'off', '0'):
+        return False
+    raise argparse.ArgumentTypeError(f'expected a boolean (true/false, yes/no, 1/0), got {value!r}')
+
+
+def add_cfg_args(parser, with_ls=True):
+    """--cfg, --ls and --set, identical in every script. --set takes the rest of the command line, as the original."""
+    parser.add_argument('--cfg', dest='cfg_file', default=None, type=str,
+                        help='config file; default cfgs/<net>.yml (cfgs/<net>_ls.yml with --ls)')
+    if with_ls:
+        parser.add_argument('--ls', dest='large_scale', action='store_true',
+                            help='use the large image scale config (cfgs/<net>_ls.yml)')
+    parser.add_argument('--set', dest='set_cfgs', default=None, nargs=argparse.REMAINDER,
+                        help='KEY VALUE pairs applied after every other config source; must come last')
+
+
+def dataset_settings(dataset):
+    """The imdb names and default cfg list of a --dataset value."""
+    try:
+        return DATASETS[dataset]
+    except KeyError:
+        raise ValueError(f'unknown dataset {dataset!r}; expected one of {", ".join(DATASETS)}') from None
+
+
+def default_cfg_file(net, large_scale=False):
+    """cfgs/<net>.yml or cfgs/<net>_ls.yml under the repository root, or None if the file does not exist."""
+    path = os.path.join(cfg.ROOT_DIR, 'cfgs', f'{net}_ls.yml' if large_scale else f'{net}.yml')
+    return path if os.path.isfile(path) else None
+
+
+def _set_key(dotted, value):
+    d = cfg
+    parts = dotted.split('.')
+    for p in parts[:-1]:
+        d = d[p]
+    d[parts[-1]] = value
+
+
+def _get_key(source, dotted):
+    d = source
+    for p in dotted.split('.'):
+        if not isinstance(d, dict) or p not in d:
+            return None
+        d = d[p]
+    return d
+
+
+def apply_model_cfg(stored_cfg):
+    """Set the MODEL_CFG_KEYS from a checkpoint's stored cfg dict (keys absent from it keep their value)."""
+    for key in MODEL_CFG_KEYS:
+        value = _get_key(stored_cfg, key)
+        if value is None:
+            continue
+        current = _get_key(cfg, key)
+        if isinstance(current, np.ndarray):
+            value = np.array(value, dtype=current.dtype).reshape(current.shape)
+        elif isinstance(current, tuple):
+            value = tuple(value)
+        _set_key(key, value)
+
+
+def setup_cfg(dataset, net, large_scale=False, cfg_file=None, set_cfgs=None, stored_cfg=None, data_path=None):
+    """Build the global cfg in the documented precedence and return the yml file used (or None).
+
+    Args:
+        dataset: a DATASETS key.
+        net: one of NETS; picks cfgs/<net>[_ls].yml unless cfg_file is given.
+        cfg_file: explicit yml; must exist.
+        set_cfgs: flat KEY VALUE list from --set, applied last.
+        stored_cfg: a checkpoint's cfg dict; its MODEL_CFG_KEYS override the yml (test_net, demo).
+        data_path: folder of a 'custom' VOC-format dataset.
+    """
+    settings = dataset_settings(dataset)
+    if dataset == 'custom':
+        if not data_path:
+            raise ValueError("--dataset custom needs --data_path pointing at a VOC-format folder "
+                             "(Annotations/, ImageSets/Main/, JPEGImages/)")
+        from lib.datasets.factory import set_custom_root
+        set_custom_root(data_path)
+    cfg_from_list(settings['set_cfgs'])
+    if cfg_file is not None:
+        if not os.path.isfile(cfg_file):
+            raise FileNotFoundError(f'--cfg {cfg_file}: no such file')
+        used = cfg_file
+    else:
+        used = default_cfg_file(net, large_scale)
+    if used is not None:
+        cfg_from_file(used)
+    if stored_cfg is not None:
+        apply_model_cfg(stored_cfg)
+    if set_cfgs:
+        cfg_from_list(set_cfgs)
+    return used
+
+
+def print_cfg(file=None):
+    print('Using config:', file=file)
+    print(pprint.pformat(cfg_to_dict()), file=file)
+
+
+def save_cfg(directory, name):
+    """Write the effective cfg as <name>.yml and <name>.json into directory; returns the yml path."""
+    import json
+    os.makedirs(directory, exist_ok=True)
+    d = cfg_to_dict()
+    yml = os.path.join(directory, name + '.yml')
+    with open(yml, 'w') as f:
+        yaml.safe_dump(d, f, default_flow_style=None, sort_keys=True)
+    with open(os.path.join(directory, name + '.json'), 'w') as f:
+        json.dump(d, f, indent=1, sort_keys=True)
+    return yml
+
+
+def select_device(use_cuda, local_rank=None):
+    """torch.device for --cuda (and the DDP local rank); warns like the original when a GPU goes unused."""
+    if use_cuda:
+        if not torch.cuda.is_available():
+            raise RuntimeError('--cuda given but no CUDA device is available (torch.cuda.is_available() is False)')
+        if local_rank is not None:
+            torch.cuda.set_device(local_rank)
+            return torch.device('cuda', local_rank)
+        return torch.device('cuda')
+    if torch.cuda.is_available():
+        print('WARNING: You have a CUDA device, so you should probably run with --cuda')
+    return torch.device('cpu')
+
+
+def seed_everything(seed, deterministic=False):
+    """Seed python, numpy and torch; in deterministic mode also ask torch for deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        # warn_only: some CUDA kernels (e.g. atomic-add backward passes) have no deterministic version.
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+        os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
+
+
+def build_detector(net, classes, pretrained=False, class_agnostic=False, weights=None):
+    """The Faster R-CNN for --net with its architecture created.
+
+    Args:
+        weights: pretrained backbone file; None means the model's default (data/pretrained_model/...);
+            ignored unless pretrained.
+    """
+    if net not in NETS:
+        raise ValueError(f'unknown --net {net!r}; expected one of {", ".join(NETS)}')
+    kwargs = dict(pretrained=pretrained, class_agnostic=class_agnostic)
+    if pretrained and weights is not None:
+        if not os.path.isfile(weights):
+            raise FileNotFoundError(f'pretrained weights {weights} not found; download them (see README) or '
+                                    f'train from scratch with --weights none')
+        kwargs['model_path'] = weights
+    if net == 'vgg16':
+        from lib.model.faster_rcnn.vgg16 import vgg16
+        model = vgg16(classes, **kwargs)
+    else:
+        from lib.model.faster_rcnn.resnet import resnet
+        model = resnet(classes, int(net[3:]), **kwargs)
+    model.create_architecture()
+    return model
+
+
+def guess_net(state_dict):
+    """Which --net produced a model state dict (None if unrecognisable).
+
+    VGG16 has conv layers up to RCNN_base.28; ResNets keep layer3 at RCNN_base.6, whose block count and
+    block type (bottleneck blocks have conv3) give the depth.
+    """
+    keys = state_dict.keys()
+    if 'RCNN_base.28.weight' in keys:
+        return 'vgg16'
+    blocks = {k.split('.')[2] for k in keys if k.startswith('RCNN_base.6.')}
+    if not blocks:
+        return None
+    bottleneck = 'RCNN_base.6.0.conv3.weight' in keys
+    depth = {(False, 2): 'res18', (False, 6): 'res34', (True, 6): 'res50',
+             (True, 23): 'res101', (True, 36): 'res152'}
+    return depth.get((bottleneck, len(blocks)))

@@ -1,0 +1,472 @@
+"""The training loop behind trainval_net.py: optimizer, lr schedule, loss tracking with the non-finite guard,
+checkpoints with exact resume, DataParallel / DistributedDataParallel, AMP, logging.
+"""
+import json
+import os
+import sys
+import time
+import warnings
+from contextlib import nullcontext
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from lib.model.utils.checkpoint import checkpoint_name, get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
+from lib.model.utils.config import cfg, cfg_to_dict
+from lib.model.utils.net_utils import adjust_learning_rate, clip_gradient
+from lib.model.utils.script_utils import (build_detector, dataset_settings, print_cfg, save_cfg, seed_everything,
+                                          select_device, setup_cfg)
+
+LOSS_NAMES = ('rpn_cls', 'rpn_box', 'rcnn_cls', 'rcnn_box')
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training stopped because a loss became NaN or infinite."""
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# optimizer and schedule
+# ----------------------------------------------------------------------------------------------------------------
+def build_param_groups(model, lr, weight_decay, double_bias, bias_decay):
+    """One parameter group per trainable parameter, as the original: biases get lr x (double_bias + 1) and weight
+    decay only when bias_decay; every other parameter gets lr and weight_decay. Frozen parameters are left out.
+    """
+    groups = []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if 'bias' in name:
+            groups.append({'params': [p], 'lr': lr * (int(double_bias) + 1),
+                           'weight_decay': weight_decay if bias_decay else 0.0})
+        else:
+            groups.append({'params': [p], 'lr': lr, 'weight_decay': weight_decay})
+    if not groups:
+        raise ValueError('the model has no trainable parameters')
+    return groups
+
+
+def build_optimizer(model, name, lr):
+    """'sgd' (momentum cfg.TRAIN.MOMENTUM) or 'adam', both with the given lr and the cfg's weight decay rules."""
+    groups = build_param_groups(model, lr, cfg.TRAIN.WEIGHT_DECAY, cfg.TRAIN.DOUBLE_BIAS, cfg.TRAIN.BIAS_DECAY)
+    if name == 'sgd':
+        return torch.optim.SGD(groups, lr=lr, momentum=cfg.TRAIN.MOMENTUM)
+    if name == 'adam':
+        return torch.optim.Adam(groups, lr=lr)
+    raise ValueError(f"unknown optimizer {name!r}; expected 'sgd' or 'adam'")
+
+
+def lr_decay_due(epoch, lr_decay_step):
+    """The original's rule: decay at the start of every epoch divisible by lr_decay_step + 1 (epochs count from 1)."""
+    return epoch % (lr_decay_step + 1) == 0
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# loss tracking and the non-finite guard
+# ----------------------------------------------------------------------------------------------------------------
+class LossMeter:
+    """Accumulates the losses on their device; reading them is the only host synchronisation.
+
+    ``add`` runs every step without a sync: the losses are summed and the first step whose losses are not all finite
+    is recorded in a device tensor. ``check_finite`` (before each checkpoint) and ``read`` (at display time) sync
+    once and raise NonFiniteLossError naming the epoch, the iteration and the images of the bad batch.
+    """
+
+    def __init__(self, device, describe_batch=None):
+        self.device = device
+        self.describe_batch = describe_batch or (lambda ids: [str(i) for i in ids])
+        self.reset()
+
+    def reset(self):
+        self.sums = torch.zeros(5, device=self.device)
+        self.last = torch.zeros(7, device=self.device)
+        self.first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
+        self.steps = []
+
+    def add(self, epoch, step, losses, rois_label, ids):
+        """losses: [4] (rpn_cls, rpn_box, rcnn_cls, rcnn_box); rois_label: [B, R] labels; ids: dataset indices."""
+        losses = losses.detach().float()
+        values = torch.cat([losses.sum().view(1), losses])
+        finite = torch.isfinite(values).all()
+        index = len(self.steps)
+        self.first_bad = torch.where(~finite & (self.first_bad < 0), torch.full_like(self.first_bad, index),
+                                     self.first_bad)
+        self.sums += values
+        if rois_label is not None:
+            fg = (rois_label != 0).sum().view(1).float()
+            bg = torch.full_like(fg, rois_label.numel()) - fg
+        else:
+            fg = bg = torch.zeros(1, device=values.device)
+        self.last = torch.cat([values, fg, bg])
+        self.steps.append((epoch, step, ids))
+
+    def _raise_if_bad(self, first_bad, any_bad_elsewhere=False):
+        if first_bad < 0:
+            if any_bad_elsewhere:
+                raise NonFiniteLossError('another process of this distributed run hit a non-finite loss; stopping')
+            return
+        epoch, step, ids = self.steps[first_bad]
+        images = self.describe_batch(ids)
+        raise NonFiniteLossError(
+            f'non-finite loss (NaN or inf) at epoch {epoch}, iteration {step}; images of that batch: '
+            f'{", ".join(images)}. Training stopped; no checkpoint was written after this iteration. Try a lower '
+            f'--lr, check these images\' annotations, or run without --amp.')
+
+    def _sync_bad(self):
+        bad = self.first_bad.clone()
+        elsewhere = False
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            flag = (bad >= 0).long()
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            elsewhere = bool(flag.item())
+        return int(bad.item()), elsewhere
+
+    def check_finite(self):
+        """Raise NonFiniteLossError if any step since the last reset had a non-finite loss."""
+        self._raise_if_bad(*self._sync_bad())
+
+    def read(self):
+        """Check, then return {'loss': mean total since reset, 4 last-step losses, 'fg', 'bg', 'count'}."""
+        self.check_finite()
+        count = max(len(self.steps), 1)
+        sums = self.sums.tolist()
+        last = self.last.tolist()
+        out = {'loss': sums[0] / count, 'count': len(self.steps), 'fg': int(last[5]), 'bg': int(last[6])}
+        out.update(zip(LOSS_NAMES, last[1:5]))
+        return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# distributed setup
+# ----------------------------------------------------------------------------------------------------------------
+def distributed_env():
+    """(rank, world_size, local_rank) when launched by torchrun (RANK/WORLD_SIZE set), else None."""
+    if 'RANK' in os.environ and 'WORLD_SIZE' in os.environ:
+        return (int(os.environ['RANK']), int(os.environ['WORLD_SIZE']), int(os.environ.get('LOCAL_RANK', 0)))
+    return None
+
+
+def init_distributed(use_cuda):
+    """Join the process group torchrun set up: nccl on CUDA, gloo on CPU. Returns (rank, world, local_rank)."""
+    env = distributed_env()
+    if env is None:
+        return 0, 1, None
+    rank, world, local_rank = env
+    if not torch.distributed.is_initialized():
+        backend = 'nccl' if use_cuda else 'gloo'
+        if use_cuda:
+            torch.cuda.set_device(local_rank)
+        torch.distributed.init_process_group(backend=backend)
+    return rank, world, local_rank
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# data
+# ----------------------------------------------------------------------------------------------------------------
+class _WithIndex(torch.utils.data.Dataset):
+    """Appends the dataset index to every item, so a bad batch can be traced back to its images."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        return (*self.dataset[index], index)
+
+
+def _seed_worker(worker_id):
+    # torch seeds each worker (base seed + worker id) but not numpy, which the data layer uses for scales and crops;
+    # without this every worker would draw the same numpy numbers.
+    import numpy as np
+    np.random.seed(torch.initial_seed() % 2 ** 32)
+
+
+def describe_images(roidb, ratio_index):
+    """A function mapping loader indices to image descriptions ('path' or 'path (flipped)')."""
+    def describe(ids):
+        out = []
+        for i in ids.tolist() if isinstance(ids, torch.Tensor) else ids:
+            entry = roidb[int(ratio_index[int(i)])]
+            out.append(entry.get('image', f'#{i}') + (' (flipped)' if entry.get('flipped') else ''))
+        return out
+    return describe
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# logging
+# ----------------------------------------------------------------------------------------------------------------
+def plot_loss_history(history, path, title=None):
+    """Save a PNG of the total and the four component losses against the global iteration (matplotlib Agg)."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    if not history:
+        return None
+    x = [h['iter'] for h in history]
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    ax.plot(x, [h['loss'] for h in history], label='loss (mean since last display)', linewidth=2)
+    for name in LOSS_NAMES:
+        ax.plot(x, [h[name] for h in history], label=name, linewidth=1, alpha=0.8)
+    ax.set_xlabel('iteration')
+    ax.set_ylabel('loss')
+    ax.set_yscale('log')
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    tmp = path + '.tmp.png'
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def _format_time(seconds):
+    d, rem = divmod(int(seconds), 24 * 3600)
+    h, rem = divmod(rem, 3600)
+    m, s = divmod(rem, 60)
+    return f'{d}:{h}:{m}:{s}'
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the loop
+# ----------------------------------------------------------------------------------------------------------------
+def _autocast(device, args):
+    """The autocast context for --amp (bf16, or fp16 with --amp_dtype fp16) on CUDA; fp32 elsewhere."""
+    if not args.amp:
+        return nullcontext, False
+    if device.type != 'cuda':
+        warnings.warn('--amp is for CUDA; on CPU training runs in float32')
+        return nullcontext, False
+    dtype = torch.float16 if args.amp_dtype == 'fp16' else torch.bfloat16
+    return (lambda: torch.autocast('cuda', dtype=dtype)), dtype == torch.float16
+
+
+def _make_sampler(train_size, batch_size, rank, world, seed):
+    from lib.roi_data_layer.sampler import sampler
+    return sampler(train_size, batch_size, rank=rank, world_size=world, seed=seed)
+
+
+def run_training(args, log=None):
+    """Train as trainval_net.py does, from parsed arguments. Returns a dict with output_dir, checkpoints (paths
+    written, in order) and history (one record per display: iter, epoch, step, loss, the 4 losses, lr).
+    """
+    start_time = time.time()
+    rank, world, local_rank = init_distributed(args.cuda)
+    is_main = rank == 0
+    log = log or (lambda msg: tqdm.write(msg, file=sys.stdout))
+    say = log if is_main else (lambda msg: None)
+    try:
+        return _train(args, rank, world, local_rank, is_main, say, start_time)
+    finally:
+        if world > 1 and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def _train(args, rank, world, local_rank, is_main, say, start_time):
+    from lib.roi_data_layer.roibatchLoader import roibatchLoader
+    from lib.roi_data_layer.roidb import combined_roidb
+
+    say(f'Called with args:\n{args}')
+    settings = dataset_settings(args.dataset)
+    cfg_used = setup_cfg(args.dataset, args.net, args.large_scale, args.cfg_file, args.set_cfgs,
+                         data_path=args.data_path)
+    device = select_device(args.cuda, local_rank)
+    cfg.CUDA = device.type == 'cuda'
+    cfg.USE_GPU_NMS = device.type == 'cuda'
+    seed = args.seed if args.seed is not None else cfg.RNG_SEED
+    seed_everything(seed + rank, args.deterministic)
+
+    imdb, roidb, ratio_list, ratio_index = combined_roidb(settings['imdb_name'])
+    train_size = len(roidb)
+    say(f'{train_size:d} roidb entries')
+
+    output_dir = os.path.join(args.save_dir, args.net, args.dataset)
+    if is_main:
+        os.makedirs(output_dir, exist_ok=True)
+
+    bs = args.batch_size
+    iters_per_epoch = train_size // (bs * world)
+    if args.max_iters is not None:
+        iters_per_epoch = min(iters_per_epoch, args.max_iters)
+    if iters_per_epoch < 1:
+        raise ValueError(f'{train_size} images are too few for batch size {bs} on {world} process(es)')
+
+    train_sampler = _make_sampler(train_size, bs, rank, world, seed)
+    dataset = roibatchLoader(roidb, ratio_list, ratio_index, bs, imdb.num_classes, training=True)
+    loader_gen = torch.Generator()
+    dataloader = torch.utils.data.DataLoader(_WithIndex(dataset), batch_size=bs, sampler=train_sampler,
+                                             num_workers=args.num_workers, worker_init_fn=_seed_worker,
+                                             generator=loader_gen, pin_memory=device.type == 'cuda')
+
+    pretrained = str(args.weights).lower() != 'none'
+    weights = args.weights if pretrained else None
+    core = build_detector(args.net, imdb.classes, pretrained=pretrained, class_agnostic=args.class_agnostic,
+                          weights=weights)
+    core.to(device)
+
+    lr = args.lr
+    optimizer = build_optimizer(core, args.optimizer, lr)
+    autocast, use_scaler = _autocast(device, args)
+    scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
+
+    session = args.session
+    start_epoch, start_step = args.start_epoch, 0
+    history, checkpoints = [], []
+    rng_state = None
+    if args.resume:
+        load_name = checkpoint_name(output_dir, args.checksession, args.checkepoch, args.checkpoint)
+        say(f'loading checkpoint {load_name}')
+        ck = load_checkpoint(load_name)
+        if list(ck.get('classes', imdb.classes)) != list(imdb.classes):
+            raise ValueError(f'{load_name} was trained on classes {ck["classes"]}, but --dataset {args.dataset} has '
+                             f'{list(imdb.classes)}')
+        core.load_state_dict(ck['model'])
+        optimizer.load_state_dict(ck['optimizer'])
+        lr = ck['lr']
+        session = ck.get('session', session)
+        if ck.get('scaler') and use_scaler:
+            scaler.load_state_dict(ck['scaler'])
+        history = list(ck.get('history', []))
+        if 'pooling_mode' in ck:
+            cfg.POOLING_MODE = ck['pooling_mode']
+        start_epoch, start_step = ck['epoch'], ck['step'] + 1
+        if start_step >= ck.get('iters_per_epoch', iters_per_epoch):
+            start_epoch, start_step = start_epoch + 1, 0
+        if ck.get('iters_per_epoch', iters_per_epoch) != iters_per_epoch:
+            say(f'WARNING: the checkpoint ran {ck["iters_per_epoch"]} iterations per epoch, this run {iters_per_epoch}')
+        if world == 1 and 'rng' in ck:
+            rng_state = ck['rng']
+        say(f'loaded checkpoint {load_name}; continuing at epoch {start_epoch}, iteration {start_step}')
+
+    model = core
+    if world > 1:
+        model = nn.parallel.DistributedDataParallel(core, device_ids=[local_rank] if device.type == 'cuda' else None)
+    elif args.mGPUs:
+        if device.type != 'cuda':
+            raise ValueError('--mGPUs needs --cuda')
+        model = nn.DataParallel(core)
+
+    if is_main:
+        print_cfg()
+        save_cfg(output_dir, f'cfg_{session}')
+        say(f'config file: {cfg_used}; effective config saved to {os.path.join(output_dir, f"cfg_{session}.yml")}')
+
+    writer = None
+    if args.use_tfboard and is_main:
+        from torch.utils.tensorboard import SummaryWriter
+        writer = SummaryWriter(os.path.join(output_dir, f'logs_s_{session}'))
+
+    meter = LossMeter(device, describe_images(roidb, ratio_index))
+    clip = args.net == 'vgg16'
+    imgs_per_iter = bs * world
+
+    def save(epoch, step):
+        meter.check_finite()
+        if not is_main:
+            return
+        state = {
+            'session': session, 'epoch': epoch, 'step': step, 'iters_per_epoch': iters_per_epoch,
+            'model': core.state_dict(), 'optimizer': optimizer.state_dict(), 'lr': lr,
+            'pooling_mode': cfg.POOLING_MODE, 'class_agnostic': bool(args.class_agnostic),
+            'classes': [str(c) for c in imdb.classes], 'anchor_scales': list(cfg.ANCHOR_SCALES),
+            'anchor_ratios': list(cfg.ANCHOR_RATIOS), 'cfg': cfg_to_dict(), 'net': args.net,
+            'dataset': args.dataset, 'sampler': {'epoch': epoch, 'position': (step + 1) * bs},
+            'rng': get_rng_state(), 'scaler': scaler.state_dict() if use_scaler else None,
+            'history': history, 'format_version': 1,
+        }
+        name = save_checkpoint(state, checkpoint_name(output_dir, session, epoch, step))
+        checkpoints.append(name)
+        say(f'save model: {name}')
+
+    for epoch in range(start_epoch, args.max_epochs + 1):
+        model.train()
+        first_step = start_step if epoch == start_epoch else 0
+        if first_step == 0 and lr_decay_due(epoch, args.lr_decay_step):
+            adjust_learning_rate(optimizer, args.lr_decay_gamma)
+            lr *= args.lr_decay_gamma
+        train_sampler.set_epoch(epoch)
+        train_sampler.load_state_dict({'epoch': epoch, 'position': first_step * bs})
+        # A per-epoch generator for the loader's base seed: creating the iterator then draws nothing from the
+        # global RNG, so a resumed run consumes random numbers exactly as the uninterrupted one did.
+        loader_gen.manual_seed(seed * 1000003 + epoch)
+        data_iter = iter(dataloader)
+        if rng_state is not None:
+            set_rng_state(rng_state)
+            rng_state = None
+        meter.reset()
+        tic = time.time()
+        bar = tqdm(total=iters_per_epoch * imgs_per_iter, initial=first_step * imgs_per_iter,
+                   desc=f'epoch {epoch}/{args.max_epochs}', unit='img', disable=not is_main,
+                   file=sys.stderr, dynamic_ncols=True, leave=False)
+        for step in range(first_step, iters_per_epoch):
+            im_data, im_info, gt_boxes, num_boxes, ids = next(data_iter)
+            im_data = im_data.to(device, non_blocking=True)
+            im_info = im_info.to(device, non_blocking=True)
+            gt_boxes = gt_boxes.to(device, non_blocking=True)
+            num_boxes = num_boxes.to(device, non_blocking=True)
+            try:
+                with autocast():
+                    out = model(im_data, im_info, gt_boxes, num_boxes)
+                rpn_loss_cls, rpn_loss_box, rcnn_loss_cls, rcnn_loss_bbox, rois_label = (
+                    out[3], out[4], out[5], out[6], out[7])
+                # mean(): under DataParallel each loss comes back as one value per GPU
+                losses = torch.stack([rpn_loss_cls.float().mean(), rpn_loss_box.float().mean(),
+                                      rcnn_loss_cls.float().mean(), rcnn_loss_bbox.float().mean()])
+                loss = losses.sum()
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                if clip:
+                    scaler.unscale_(optimizer)
+                    clip_gradient(core, 10.)
+                scaler.step(optimizer)
+                scaler.update()
+                meter.add(epoch, step, losses, rois_label, ids)
+            except NonFiniteLossError:
+                raise
+            except Exception:
+                # a NaN earlier in this display window can crash later layers (e.g. NaN boxes); report the NaN
+                meter.check_finite()
+                raise
+            bar.update(imgs_per_iter)
+
+            if step % args.disp_interval == 0 or step == iters_per_epoch - 1:
+                stats = meter.read()
+                toc = time.time()
+                record = {'iter': (epoch - 1) * iters_per_epoch + step, 'epoch': epoch, 'step': step,
+                          'loss': stats['loss'], 'lr': lr, **{k: stats[k] for k in LOSS_NAMES}}
+                history.append(record)
+                if step % args.disp_interval == 0:
+                    say('[session %d][epoch %2d][iter %4d/%4d] loss: %.4f, lr: %.2e'
+                        % (session, epoch, step, iters_per_epoch, stats['loss'], lr))
+                    say('\t\t\tfg/bg=(%d/%d), time cost: %f' % (stats['fg'], stats['bg'], toc - tic))
+                    say('\t\t\trpn_cls: %.4f, rpn_box: %.4f, rcnn_cls: %.4f, rcnn_box %.4f'
+                        % tuple(stats[k] for k in LOSS_NAMES))
+                bar.set_postfix(loss=f'{stats["loss"]:.3f}', lr=f'{lr:.1e}')
+                if writer is not None:
+                    it = record['iter']
+                    writer.add_scalar('losses/loss', stats['loss'], it)
+                    for k in LOSS_NAMES:
+                        writer.add_scalar(f'losses/{k}', stats[k], it)
+                    writer.add_scalar('lr', lr, it)
+                meter.reset()
+                tic = time.time()
+
+            last = step == iters_per_epoch - 1
+            if last or (args.checkpoint_interval > 0 and (step + 1) % args.checkpoint_interval == 0):
+                save(epoch, step)
+        bar.close()
+        if is_main:
+            plot_loss_history(history, os.path.join(output_dir, f'loss_{session}.png'),
+                              title=f'{args.net} {args.dataset} session {session}')
+            with open(os.path.join(output_dir, f'loss_history_{session}.json'), 'w') as f:
+                json.dump(history, f)
+
+    if writer is not None:
+        writer.close()
+    total = time.time() - start_time
+    say(f'TOTAL RUNTIME WAS {total:.1f} seconds .. or d:h:m:s -> {_format_time(total)}')
+    return {'output_dir': output_dir, 'checkpoints': checkpoints, 'history': history, 'session': session}

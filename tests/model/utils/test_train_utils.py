@@ -1,0 +1,108 @@
+"""Optimizer parameter groups, the lr schedule and the loss meter's non-finite guard."""
+import pytest
+import torch
+from torch import nn
+
+from lib.model.utils.config import cfg
+from lib.model.utils.net_utils import adjust_learning_rate
+from lib.model.utils.train_utils import (LossMeter, NonFiniteLossError, build_optimizer, build_param_groups,
+                                         lr_decay_due, plot_loss_history)
+
+
+class _Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3, 2)
+        self.bn = nn.BatchNorm1d(2)
+        self.frozen = nn.Linear(2, 2)
+        for p in self.frozen.parameters():
+            p.requires_grad = False
+
+
+def _groups_by_param(model, groups):
+    names = {id(p): n for n, p in model.named_parameters()}
+    return {names[id(g['params'][0])]: (g['lr'], g['weight_decay']) for g in groups}
+
+
+def test_param_groups_follow_the_original():
+    m = _Tiny()
+    got = _groups_by_param(m, build_param_groups(m, 0.01, 5e-4, double_bias=True, bias_decay=False))
+    assert got == {'fc.weight': (0.01, 5e-4), 'fc.bias': (0.02, 0.0),
+                   'bn.weight': (0.01, 5e-4), 'bn.bias': (0.02, 0.0)}
+    got = _groups_by_param(m, build_param_groups(m, 0.01, 5e-4, double_bias=False, bias_decay=True))
+    assert got['fc.bias'] == (0.01, 5e-4)
+
+
+def test_sgd_step_applies_doubled_bias_lr_and_no_bias_decay():
+    torch.manual_seed(0)
+    m = nn.Linear(3, 1)
+    cfg.TRAIN.WEIGHT_DECAY = 0.1
+    cfg.TRAIN.DOUBLE_BIAS = True
+    cfg.TRAIN.BIAS_DECAY = False
+    opt = build_optimizer(m, 'sgd', 0.5)
+    assert all(g['momentum'] == cfg.TRAIN.MOMENTUM for g in opt.param_groups)
+    w0, b0 = m.weight.detach().clone(), m.bias.detach().clone()
+    x = torch.tensor([[1.0, 2.0, 3.0]])
+    m(x).sum().backward()
+    opt.step()
+    # first SGD step: p -= lr * (grad + wd * p); dL/dw = x, dL/db = 1
+    assert torch.allclose(m.weight, w0 - 0.5 * (x + 0.1 * w0))
+    assert torch.allclose(m.bias, b0 - 1.0 * 1.0)
+
+
+def test_adam_uses_the_given_lr():
+    m = _Tiny()
+    opt = build_optimizer(m, 'adam', 1e-4)
+    assert isinstance(opt, torch.optim.Adam)
+    lrs = sorted({g['lr'] for g in opt.param_groups})
+    assert lrs == [1e-4, 2e-4]  # weights, doubled biases (DOUBLE_BIAS default True); no hidden x0.1
+    with pytest.raises(ValueError, match="unknown optimizer 'rmsprop'"):
+        build_optimizer(m, 'rmsprop', 1e-3)
+
+
+def test_lr_schedule_rule():
+    assert [e for e in range(1, 20) if lr_decay_due(e, 5)] == [6, 12, 18]
+    assert [e for e in range(1, 12) if lr_decay_due(e, 1)] == [2, 4, 6, 8, 10]
+    # a simulated run of 13 epochs, decaying at the start of the due epochs as the training loop does
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1e-3)
+    seen = []
+    for epoch in range(1, 14):
+        if lr_decay_due(epoch, 5):
+            adjust_learning_rate(opt, 0.1)
+        seen.append(opt.param_groups[0]['lr'])
+    assert seen == pytest.approx([1e-3] * 5 + [1e-4] * 6 + [1e-5] * 2)
+
+
+def test_loss_meter_averages_and_reports_last_step():
+    meter = LossMeter(torch.device('cpu'))
+    labels = torch.tensor([[1, 0, 0, 2]])
+    meter.add(1, 0, torch.tensor([1.0, 2.0, 3.0, 4.0]), labels, torch.tensor([0]))
+    meter.add(1, 1, torch.tensor([0.0, 1.0, 0.0, 1.0]), torch.tensor([[0, 0, 0, 3]]), torch.tensor([1]))
+    out = meter.read()
+    assert out['loss'] == pytest.approx((10 + 2) / 2)
+    assert (out['rpn_cls'], out['rpn_box'], out['rcnn_cls'], out['rcnn_box']) == (0.0, 1.0, 0.0, 1.0)
+    assert (out['fg'], out['bg'], out['count']) == (1, 3, 2)
+
+
+@pytest.mark.parametrize('bad', [float('nan'), float('inf')])
+def test_loss_meter_names_the_first_bad_batch(bad):
+    meter = LossMeter(torch.device('cpu'), describe_batch=lambda ids: [f'img{int(i)}.jpg' for i in ids])
+    lab = torch.zeros(1, 4, dtype=torch.long)
+    meter.add(3, 7, torch.tensor([1.0, 1.0, 1.0, 1.0]), lab, torch.tensor([4]))
+    meter.check_finite()
+    meter.add(3, 8, torch.tensor([1.0, bad, 1.0, 1.0]), lab, torch.tensor([5, 6]))
+    meter.add(3, 9, torch.tensor([float('nan')] * 4), lab, torch.tensor([7]))
+    with pytest.raises(NonFiniteLossError, match=r'epoch 3, iteration 8; images of that batch: img5.jpg, img6.jpg'):
+        meter.check_finite()
+    with pytest.raises(NonFiniteLossError):
+        meter.read()
+    meter.reset()
+    meter.check_finite()
+
+
+def test_loss_plot_is_written(tmp_path):
+    hist = [{'iter': i, 'loss': 1.0 / (i + 1), 'rpn_cls': 0.1, 'rpn_box': 0.2, 'rcnn_cls': 0.3, 'rcnn_box': 0.4}
+            for i in range(5)]
+    path = plot_loss_history(hist, str(tmp_path / 'loss.png'))
+    with open(path, 'rb') as f:
+        assert f.read(8) == b'\x89PNG\r\n\x1a\n'
