@@ -40,7 +40,7 @@ def encode(ex_rois, gt_rois):
 
 
 def decode(boxes, deltas):
-    """Apply deltas to boxes (the inverse of :func:`encode`).
+    """Apply deltas to boxes: the exact inverse of :func:`encode`.
 
     Args:
         boxes: [..., N, 4] reference boxes.
@@ -58,8 +58,10 @@ def decode(boxes, deltas):
     pcy = dy * h + cy
     pw = torch.exp(dw) * w
     ph = torch.exp(dh) * h
+    # x2 = x1 + w - 1 (pixel-inclusive), so that decode(encode(b)) == b; the original returned x1 + w here,
+    # one pixel too far (Detectron's box_utils subtracts the same 1)
     # (..., N, k, 4) -> (..., N, 4k): x1, y1, x2, y2 of each group side by side, as the deltas were
-    out = torch.stack((pcx - 0.5 * pw, pcy - 0.5 * ph, pcx + 0.5 * pw, pcy + 0.5 * ph), dim=-1)
+    out = torch.stack((pcx - 0.5 * pw, pcy - 0.5 * ph, pcx + 0.5 * pw - 1, pcy + 0.5 * ph - 1), dim=-1)
     return out.flatten(-2)
 
 
@@ -106,7 +108,7 @@ def clip_boxes(boxes, im_info, batch_size=None):
     ymax = (im_info[:, 0] - 1).view(-1, 1, 1)
     # (B, N, 4k) -> (B, N, k, 4) so that one bound tensor per coordinate can be broadcast
     b = boxes.unflatten(-1, (-1, 4))
-    upper = torch.stack((xmax, ymax, xmax, ymax), dim=-1).unsqueeze(-2)  # (B, 1, 1, 4)
+    upper = torch.stack((xmax, ymax, xmax, ymax), dim=-1)  # (B, 1, 1, 4)
     return torch.minimum(b, upper).clamp(min=0).flatten(-2)
 
 

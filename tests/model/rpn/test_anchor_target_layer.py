@@ -1,0 +1,124 @@
+import numpy as np
+import pytest
+import torch
+
+from lib.model.rpn.anchor_target_layer import _AnchorTargetLayer
+from lib.model.rpn.bbox_transform import bbox_overlaps, bbox_transform
+from lib.model.rpn.generate_anchors import generate_anchors, grid_anchors
+from lib.model.utils.config import cfg
+
+H, W, STRIDE = 8, 8, 16
+SCALES, RATIOS = [2, 4], [0.5, 1, 2]
+A = len(SCALES) * len(RATIOS)
+
+
+def _anchors():
+    base = torch.from_numpy(generate_anchors(scales=np.array(SCALES), ratios=np.array(RATIOS))).float()
+    return grid_anchors(base, H, W, STRIDE)
+
+
+def _flat(labels, targets, inside_w, outside_w):
+    """The outputs back in anchor order (B, H*W*A) / (B, H*W*A, 4)."""
+    B = labels.size(0)
+    lab = labels.view(B, A, H, W).permute(0, 2, 3, 1).reshape(B, -1)
+    tg = targets.permute(0, 2, 3, 1).reshape(B, -1, 4)
+    iw = inside_w.permute(0, 2, 3, 1).reshape(B, -1, 4)
+    ow = outside_w.permute(0, 2, 3, 1).reshape(B, -1, 4)
+    return lab, tg, iw, ow
+
+
+def _inputs():
+    gt = torch.zeros(2, 4, 5)
+    gt[0, 0] = torch.tensor([10., 12., 50., 60., 1.])
+    gt[0, 1] = torch.tensor([60., 20., 120., 100., 2.])
+    gt[1, 0] = torch.tensor([5., 5., 40., 30., 1.])
+    gt[1, 1] = torch.tensor([70., 50., 90., 75., 3.])
+    gt[1, 2] = torch.tensor([0., 0., 20., 20., 1.])   # beyond num_boxes: must be ignored
+    num_boxes = torch.tensor([2, 2])
+    im_info = torch.tensor([[128., 128., 1.], [96., 112., 1.]])  # image 1 is smaller than the map
+    score = torch.zeros(2, 2 * A, H, W)
+    return score, gt, im_info, num_boxes
+
+
+def test_shapes_counts_inside_and_weights():
+    torch.manual_seed(0)
+    layer = _AnchorTargetLayer(STRIDE, SCALES, RATIOS, batch_size=64, fg_fraction=0.25)
+    score, gt, im_info, num_boxes = _inputs()
+    copies = [t.clone() for t in (score, gt, im_info, num_boxes)]
+    out = layer(score, gt, im_info, num_boxes)
+    for t, c in zip((score, gt, im_info, num_boxes), copies):
+        assert torch.equal(t, c)
+    labels, targets, inside_w, outside_w = out
+    assert labels.shape == (2, 1, A * H, W)
+    assert targets.shape == inside_w.shape == outside_w.shape == (2, 4 * A, H, W)
+
+    lab, tg, iw, ow = _flat(*out)
+    anchors = _anchors()
+    for b in range(2):
+        n_pos = int((lab[b] == 1).sum())
+        n_neg = int((lab[b] == 0).sum())
+        assert 0 < n_pos <= 16 and n_pos + n_neg <= 64
+        hgt, wid = im_info[b, 0], im_info[b, 1]
+        inside = ((anchors[:, 0] >= 0) & (anchors[:, 1] >= 0) & (anchors[:, 2] < wid) & (anchors[:, 3] < hgt))
+        assert (lab[b][~inside] == -1).all()
+        # outside weights: 1 / (labelled anchors of this image) on labelled anchors, 0 elsewhere
+        labelled = lab[b] >= 0
+        torch.testing.assert_close(ow[b][labelled], torch.full((int(labelled.sum()), 4), 1.0 / (n_pos + n_neg)))
+        assert (ow[b][~labelled] == 0).all()
+        # inside weights: 1 on positives only
+        assert torch.equal(iw[b], (lab[b] == 1).float().unsqueeze(1).expand(-1, 4))
+        # targets of positives move the anchor onto its best gt
+        pos = lab[b] == 1
+        gts = gt[b, :int(num_boxes[b]), :4]
+        best = bbox_overlaps(anchors[pos], gts).argmax(1)
+        torch.testing.assert_close(tg[b][pos], bbox_transform(anchors[pos], gts[best]))
+        assert (tg[b][~inside] == 0).all()
+
+
+def test_best_anchor_of_every_gt_is_positive_with_ties():
+    cfg.TRAIN.RPN_POSITIVE_OVERLAP = 0.99  # nothing passes the threshold: only the forced best anchors
+    layer = _AnchorTargetLayer(STRIDE, SCALES, RATIOS, batch_size=256)
+    score, gt, im_info, num_boxes = _inputs()
+    lab, _, _, _ = _flat(*layer(score, gt, im_info, num_boxes))
+    anchors = _anchors()
+    for b in range(2):
+        hgt, wid = im_info[b, 0], im_info[b, 1]
+        inside = ((anchors[:, 0] >= 0) & (anchors[:, 1] >= 0) & (anchors[:, 2] < wid) & (anchors[:, 3] < hgt))
+        ov = bbox_overlaps(anchors, gt[b, :int(num_boxes[b]), :4])
+        ov[~inside] = -1
+        best = (ov == ov.max(0, keepdim=True).values).any(1)   # every anchor tying a gt's maximum
+        assert torch.equal(lab[b] == 1, best)
+    # the gt row beyond num_boxes (0, 0, 20, 20) has an anchor matching it well; it is not a positive
+    # source: its best anchor is only positive if it is also the best of a valid gt (checked above)
+
+
+def test_no_gt_gives_only_negatives_and_clobber():
+    layer = _AnchorTargetLayer(STRIDE, SCALES, RATIOS, batch_size=32)
+    score, gt, im_info, _ = _inputs()
+    lab, _, iw, ow = _flat(*layer(score, gt, im_info, torch.tensor([0, 0])))
+    assert not (lab == 1).any()
+    assert ((lab == 0).sum(1) == 32).all()
+    assert (iw == 0).all()
+    torch.testing.assert_close(ow.sum((1, 2)), torch.full((2,), 4.0))
+
+    # with clobbering, an anchor that is some gt's best but below the negative threshold ends negative
+    gt2 = torch.zeros(1, 1, 5)
+    gt2[0, 0] = torch.tensor([16., 16., 20., 20., 1.])  # 5x5 inside anchor (8, 8, 39, 39): IoU 25 / 1024 < 0.3
+    im = torch.tensor([[128., 128., 1.]])
+    keep = _AnchorTargetLayer(STRIDE, SCALES, RATIOS, clobber_positives=False)
+    clob = _AnchorTargetLayer(STRIDE, SCALES, RATIOS, clobber_positives=True)
+    s = torch.zeros(1, 2 * A, H, W)
+    assert (_flat(*keep(s, gt2, im, torch.tensor([1])))[0] == 1).sum() >= 1
+    assert (_flat(*clob(s, gt2, im, torch.tensor([1])))[0] == 1).sum() == 0
+
+
+def test_positive_weight_option_and_validation():
+    layer = _AnchorTargetLayer(STRIDE, SCALES, RATIOS, batch_size=64, positive_weight=0.25)
+    score, gt, im_info, num_boxes = _inputs()
+    lab, _, _, ow = _flat(*layer(score, gt, im_info, num_boxes))
+    for b in range(2):
+        pos, neg = lab[b] == 1, lab[b] == 0
+        torch.testing.assert_close(ow[b][pos][:, 0], torch.full((int(pos.sum()),), 0.25 / int(pos.sum())))
+        torch.testing.assert_close(ow[b][neg][:, 0], torch.full((int(neg.sum()),), 0.75 / int(neg.sum())))
+    with pytest.raises(ValueError, match='RPN_POSITIVE_WEIGHT'):
+        _AnchorTargetLayer(STRIDE, SCALES, RATIOS, positive_weight=1.5)
