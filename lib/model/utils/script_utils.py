@@ -215,7 +215,11 @@ def build_detector(net, classes, pretrained=False, class_agnostic=False, weights
     else:
         from lib.model.faster_rcnn.resnet import resnet
         model = resnet(classes, int(net[3:]), **kwargs)
-    model.create_architecture()
+    try:
+        model.create_architecture()
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f'{e}\nWith trainval_net.py: --weights <file>, or --weights none to train from '
+                                f'scratch (then set TRAIN.BN_TRAIN True and RESNET.FIXED_BLOCKS 0).') from None
     return model
 
 

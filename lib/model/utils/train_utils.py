@@ -289,11 +289,21 @@ def _train(args, rank, world, local_rank, is_main, say, start_time):
         os.makedirs(output_dir, exist_ok=True)
 
     bs = args.batch_size
+    # as the original, int(train_size / bs) batches; with several processes each runs its share of the blocks
+    # (the partial block, when bs does not divide the size, is never reached)
     iters_per_epoch = train_size // (bs * world)
     if args.max_iters is not None:
         iters_per_epoch = min(iters_per_epoch, args.max_iters)
     if iters_per_epoch < 1:
         raise ValueError(f'{train_size} images are too few for batch size {bs} on {world} process(es)')
+
+    # the model is built before the data loader: loading pretrained weights sets cfg.INPUT_FORMAT, which the
+    # loader's image normalisation follows
+    pretrained = str(args.weights).lower() != 'none'
+    weights = args.weights if pretrained else None
+    core = build_detector(args.net, imdb.classes, pretrained=pretrained, class_agnostic=args.class_agnostic,
+                          weights=weights)
+    core.to(device)
 
     train_sampler = _make_sampler(train_size, bs, rank, world, seed)
     dataset = roibatchLoader(roidb, ratio_list, ratio_index, bs, imdb.num_classes, training=True)
@@ -301,12 +311,6 @@ def _train(args, rank, world, local_rank, is_main, say, start_time):
     dataloader = torch.utils.data.DataLoader(_WithIndex(dataset), batch_size=bs, sampler=train_sampler,
                                              num_workers=args.num_workers, worker_init_fn=_seed_worker,
                                              generator=loader_gen, pin_memory=device.type == 'cuda')
-
-    pretrained = str(args.weights).lower() != 'none'
-    weights = args.weights if pretrained else None
-    core = build_detector(args.net, imdb.classes, pretrained=pretrained, class_agnostic=args.class_agnostic,
-                          weights=weights)
-    core.to(device)
 
     lr = args.lr
     optimizer = build_optimizer(core, args.optimizer, lr)
@@ -374,7 +378,7 @@ def _train(args, rank, world, local_rank, is_main, say, start_time):
             'pooling_mode': cfg.POOLING_MODE, 'class_agnostic': bool(args.class_agnostic),
             'classes': [str(c) for c in imdb.classes], 'anchor_scales': list(cfg.ANCHOR_SCALES),
             'anchor_ratios': list(cfg.ANCHOR_RATIOS), 'cfg': cfg_to_dict(), 'net': args.net,
-            'dataset': args.dataset, 'sampler': {'epoch': epoch, 'position': (step + 1) * bs},
+            'dataset': args.dataset, 'sampler': train_sampler.state_dict(position=step + 1),
             'rng': get_rng_state(), 'scaler': scaler.state_dict() if use_scaler else None,
             'history': history, 'format_version': 1,
         }
@@ -388,8 +392,7 @@ def _train(args, rank, world, local_rank, is_main, say, start_time):
         if first_step == 0 and lr_decay_due(epoch, args.lr_decay_step):
             adjust_learning_rate(optimizer, args.lr_decay_gamma)
             lr *= args.lr_decay_gamma
-        train_sampler.set_epoch(epoch)
-        train_sampler.load_state_dict({'epoch': epoch, 'position': first_step * bs})
+        train_sampler.load_state_dict({'epoch': epoch, 'position': first_step})
         # A per-epoch generator for the loader's base seed: creating the iterator then draws nothing from the
         # global RNG, so a resumed run consumes random numbers exactly as the uninterrupted one did.
         loader_gen.manual_seed(seed * 1000003 + epoch)

@@ -1,0 +1,55 @@
+"""Evaluate a trained Faster R-CNN on a test set (the original's test_net.py flags; the work is in
+lib/model/utils/test_utils.py).
+
+Example:
+  python test_net.py --dataset pascal_voc --net res101 --checksession 1 --checkepoch 7 --checkpoint 10021 --cuda
+Classes, anchors, pooling mode and class-agnostic regression are read from the checkpoint.
+"""
+import argparse
+import sys
+
+from lib.model.utils.script_utils import DATASETS, NETS, add_cfg_args
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description='Test a Faster R-CNN network')
+    p.add_argument('--dataset', dest='dataset', default='pascal_voc', choices=sorted(DATASETS),
+                   help='dataset the model was trained on (its test split is evaluated)')
+    p.add_argument('--net', dest='net', default='res101', choices=NETS,
+                   help='backbone (a checkpoint that names its net overrides this)')
+    p.add_argument('--load_dir', dest='load_dir', default='models', type=str,
+                   help='directory to load models from (<load_dir>/<net>/<dataset>/)')
+    p.add_argument('--cuda', dest='cuda', action='store_true', help='use CUDA')
+    p.add_argument('--mGPUs', dest='mGPUs', action='store_true', help='use all visible GPUs (DataParallel)')
+    p.add_argument('--cag', dest='class_agnostic', action='store_true',
+                   help='class-agnostic bbox regression (only for checkpoints that do not record it)')
+    p.add_argument('--checksession', dest='checksession', default=1, type=int, help='checksession to load model')
+    p.add_argument('--checkepoch', dest='checkepoch', default=1, type=int, help='checkepoch to load network')
+    p.add_argument('--checkpoint', dest='checkpoint', default=10021, type=int, help='checkpoint to load network')
+    p.add_argument('--vis', dest='vis', action='store_true',
+                   help='write images with the detections drawn into <output dir>/vis')
+    p.add_argument('--thresh', dest='thresh', default=None, type=float,
+                   help='score threshold (default 0.0, or 0.05 with --vis, as the original)')
+    p.add_argument('--max_per_image', dest='max_per_image', default=100, type=int,
+                   help='detections kept per image over all classes (0: all)')
+    p.add_argument('--nw', dest='num_workers', default=0, type=int, help='number of workers to load data')
+    p.add_argument('--seed', dest='seed', default=None, type=int, help='random seed (default cfg.RNG_SEED)')
+    p.add_argument('--amp', dest='amp', action='store_true', help='bf16 autocast on CUDA (ignored on CPU)')
+    p.add_argument('--data_path', dest='data_path', default=None, type=str,
+                   help='folder of a VOC-format dataset for --dataset custom')
+    add_cfg_args(p)
+    return p
+
+
+def parse_args(argv=None):
+    return build_parser().parse_args(argv)
+
+
+def main(argv=None):
+    from lib.model.utils.test_utils import run_test
+    run_test(parse_args(argv))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
