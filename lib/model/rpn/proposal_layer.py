@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from lib.model.roi_layers import nms
+from lib.model.roi_layers import nms_padded
 from lib.model.utils.config import cfg
 from .bbox_transform import bbox_transform_inv, clip_boxes
 from .generate_anchors import generate_anchors, grid_anchors
@@ -75,9 +75,11 @@ class _ProposalLayer(nn.Module):
         output = proposals.new_zeros(B, post, 5)
         output[:, :, 0] = torch.arange(B, device=output.device, dtype=dtype).unsqueeze(1)
         for i in range(B):
-            # a loop over images only: NMS returns a different number of boxes for each
-            keep = nms(top_boxes[i], top_scores[i], s['nms_thresh'])[:post]
-            # the filtered boxes (score -1) come last in keep; zeroing them leaves zero padding
-            valid = (top_scores[i, keep] >= 0).to(dtype).unsqueeze(1)
-            output[i, :keep.numel(), 1:] = top_boxes[i, keep] * valid
+            # a loop over images only: NMS runs per image. nms_padded returns a fixed-size index list padded
+            # with -1, so nothing here waits for the device
+            keep, _ = nms_padded(top_boxes[i], top_scores[i], s['nms_thresh'], post)
+            idx = keep.clamp(min=0)
+            # padding slots and the too-small boxes (score -1, always last) become zero rows
+            valid = ((keep >= 0) & (top_scores[i, idx] >= 0)).to(dtype).unsqueeze(1)
+            output[i, :, 1:] = top_boxes[i, idx] * valid
         return output

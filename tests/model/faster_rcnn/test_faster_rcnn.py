@@ -1,0 +1,174 @@
+"""Forward passes of every backbone and pooling mode, frozen parameters, BatchNorm handling."""
+import pytest
+import torch
+from torch import nn
+
+pytest.importorskip('lib.model.roi_layers', reason='compiled ops not built', exc_type=ImportError)
+
+from lib.model.faster_rcnn.faster_rcnn import FasterRCNNOutput  # noqa: E402
+from lib.model.faster_rcnn.resnet import resnet  # noqa: E402
+from lib.model.faster_rcnn.vgg16 import vgg16  # noqa: E402
+from lib.model.utils.config import cfg  # noqa: E402
+from frcnn_helpers import CLASSES, make_batch  # noqa: E402
+
+C = len(CLASSES)
+
+
+def build(net, class_agnostic=False):
+    if net == 'vgg16':
+        model = vgg16(CLASSES, pretrained=False, class_agnostic=class_agnostic)
+    else:
+        model = resnet(CLASSES, int(net[3:]), pretrained=False, class_agnostic=class_agnostic)
+    model.create_architecture()
+    return model
+
+
+def check_train_output(out, B, class_agnostic=False):
+    assert isinstance(out, FasterRCNNOutput) and len(out) == 8
+    R = cfg.TRAIN.BATCH_SIZE
+    assert out.rois.shape == (B, R, 5)
+    assert out.cls_prob.shape == (B, R, C)
+    assert out.bbox_pred.shape == (B, R, 4)
+    assert out.rois_label.shape == (B * R,) and out.rois_label.dtype == torch.long
+    for loss in out[3:7]:
+        assert torch.is_tensor(loss) and loss.dim() == 0 and torch.isfinite(loss)
+    torch.testing.assert_close(out.cls_prob.sum(2), torch.ones(B, R))
+
+
+def check_eval_output(out, B, class_agnostic=False):
+    R = cfg.TEST.RPN_POST_NMS_TOP_N
+    assert out.rois.shape == (B, R, 5)
+    assert out.cls_prob.shape == (B, R, C)
+    assert out.bbox_pred.shape == (B, R, 4 if class_agnostic else 4 * C)
+    assert out.rois_label is None
+    for loss in out[3:7]:
+        assert torch.is_tensor(loss) and loss.dim() == 0 and loss == 0
+
+
+def _bn_state(model):
+    return {k: v.clone() for k, v in model.state_dict().items() if 'running' in k}
+
+
+@pytest.mark.parametrize('net', ['res18', 'res34', 'res50', 'vgg16'])
+def test_train_step_and_eval(tiny_cfg, net):
+    torch.manual_seed(0)
+    model = build(net)
+    im_data, im_info, gt, num_boxes = make_batch(B=2, H=64, W=96)
+    inputs = (im_data, im_info, gt, num_boxes)
+    copies = [t.clone() for t in inputs]
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    bn_before = _bn_state(model)
+
+    model.train()
+    out = model(*inputs)
+    check_train_output(out, 2)
+    loss = sum(out[3:7])
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9,
+                          weight_decay=1e-4)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    for t, c in zip(inputs, copies):
+        assert torch.equal(t, c)
+    for n, p in model.named_parameters():
+        if n in frozen:
+            assert torch.equal(p, frozen[n]), n
+    for k, v in _bn_state(model).items():
+        assert torch.equal(v, bn_before[k]), k   # BN statistics stay put without TRAIN.BN_TRAIN
+
+    model.eval()
+    with torch.no_grad():
+        check_eval_output(model(im_data, im_info, gt, num_boxes), 2)
+
+
+@pytest.mark.parametrize('depth', [101, 152])
+def test_deep_resnets_one_forward(tiny_cfg, depth):
+    torch.manual_seed(0)
+    model = build(f'res{depth}')
+    im_data, im_info, gt, num_boxes = make_batch(B=1, H=64, W=64)
+    model.train()
+    out = model(im_data, im_info, gt, num_boxes)
+    check_train_output(out, 1)
+    n_blocks = {101: 23, 152: 36}[depth]
+    assert len(model.RCNN_base[6]) == n_blocks        # the depth asked for, not always 101
+    assert model.RCNN_cls_score.in_features == 2048 and model.dout_base_model == 1024
+
+
+def test_resnet_frozen_parts(tiny_cfg):
+    cfg.RESNET.FIXED_BLOCKS = 2
+    model = build('res18')
+    base = model.RCNN_base
+    frozen = [base[0], base[1], base[4], base[5]]   # conv1, bn1, layer1, layer2
+    assert all(not p.requires_grad for m in frozen for p in m.parameters())
+    assert all(p.requires_grad for n, p in base[6].named_parameters() if 'bn' not in n and 'downsample.1' not in n)
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert all(not p.requires_grad for m in bns for p in m.parameters())
+    model.train()
+    assert all(not m.training for m in bns)
+    assert model.RCNN_rpn.training and model.RCNN_top.training
+    assert model.RCNN_cls_score.in_features == 512 and model.dout_base_model == 256
+    cfg.RESNET.FIXED_BLOCKS = 4
+    with pytest.raises(ValueError, match='FIXED_BLOCKS'):
+        resnet(CLASSES, 18)
+
+
+def test_bn_train_updates_bn(tiny_cfg):
+    cfg.TRAIN.BN_TRAIN = True
+    cfg.RESNET.FIXED_BLOCKS = 0
+    torch.manual_seed(0)
+    model = build('res18')
+    layer1_bn = model.RCNN_base[4][0].bn1
+    assert layer1_bn.weight.requires_grad
+    assert not model.RCNN_base[1].weight.requires_grad     # bn1 goes with conv1, always frozen
+    model.train()
+    assert layer1_bn.training and not model.RCNN_base[1].training
+    before = layer1_bn.running_mean.clone()
+    model(*make_batch(B=1, H=64, W=64))
+    assert not torch.equal(layer1_bn.running_mean, before)
+
+
+def test_vgg_frozen_layers(tiny_cfg):
+    model = build('vgg16')
+    convs = [m for m in model.RCNN_base if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 13 and not isinstance(model.RCNN_base[-1], nn.MaxPool2d)
+    assert all(not p.requires_grad for c in convs[:4] for p in c.parameters())
+    assert all(p.requires_grad for c in convs[4:] for p in c.parameters())
+    assert model.RCNN_cls_score.in_features == 4096
+    cfg.POOLING_SIZE = 5
+    with pytest.raises(ValueError, match='POOLING_SIZE 7'):
+        vgg16(CLASSES)
+
+
+@pytest.mark.parametrize('mode', ['align', 'pool', 'crop'])
+def test_pooling_modes(tiny_cfg, mode):
+    cfg.POOLING_MODE = mode
+    torch.manual_seed(0)
+    model = build('res18', class_agnostic=True)
+    cfg.POOLING_MODE = 'nonsense'   # read at construction only
+    im_data, im_info, gt, num_boxes = make_batch(B=2, H=64, W=80)
+    model.train()
+    out = model(im_data, im_info, gt, num_boxes)
+    check_train_output(out, 2, class_agnostic=True)
+    sum(out[3:7]).backward()
+    assert model.RCNN_rpn.RPN_Conv.weight.grad.abs().sum() > 0
+    model.eval()
+    with torch.no_grad():
+        check_eval_output(model(im_data, im_info), 2, class_agnostic=True)
+
+
+def test_unknown_pooling_mode(tiny_cfg):
+    cfg.POOLING_MODE = 'roi_warp'
+    with pytest.raises(ValueError, match="unknown POOLING_MODE 'roi_warp'; expected 'align', 'pool' or 'crop'"):
+        resnet(CLASSES, 18)
+
+
+def test_class_specific_bbox_pred_is_gathered_by_label(tiny_cfg):
+    torch.manual_seed(0)
+    model = build('res18')
+    model.train()
+    feats = {}
+    model.RCNN_bbox_pred.register_forward_hook(lambda m, i, o: feats.setdefault('full', o))
+    out = model(*make_batch(B=1, H=64, W=64))
+    full = feats['full'].view(-1, C, 4)
+    expect = full[torch.arange(full.size(0)), out.rois_label]
+    torch.testing.assert_close(out.bbox_pred.view(-1, 4), expect)
