@@ -168,7 +168,7 @@ def render_image(seed, image_number, split_index, min_size=200, max_size=400):
         for _attempt in range(30):
             kind = SHAPE_CLASSES[int(rng.integers(len(SHAPE_CLASSES)))]
             if force_tiny:
-                size = rng.uniform(8, 11)
+                size = rng.uniform(8, 10)
             elif force_left:
                 size = rng.uniform(max(30, 0.2 * short), max(31, 0.6 * short))
             else:
