@@ -324,7 +324,7 @@ def run_test(args, log=print):
     if args.vis:
         os.makedirs(vis_dir, exist_ok=True)
 
-    dataset = roibatchLoader(roidb, ratio_list, ratio_index, 1, imdb.num_classes, training=False, normalize=False)
+    dataset = roibatchLoader(roidb, ratio_list, ratio_index, 1, imdb.num_classes, training=False)
     loader = torch.utils.data.DataLoader(dataset, batch_size=1, shuffle=False, num_workers=args.num_workers,
                                          pin_memory=device.type == 'cuda')
     start = time.time()

@@ -1,0 +1,201 @@
+"""trainval_net.py: flag parsing, cfg precedence, and short real training runs on a tiny synthetic set
+(checkpoint contents, exact resume, the non-finite guard, DDP on 2 CPU processes)."""
+import glob
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import trainval_net
+from lib.model.utils.checkpoint import load_checkpoint
+from lib.model.utils.config import cfg, reset_cfg
+from lib.model.utils.script_utils import setup_cfg
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..'))
+
+# A tiny, fast configuration layered over cfgs/shapes_cpu.yml: small images, few anchors and rois.
+TINY_SET = ['TRAIN.SCALES', '[96]', 'TRAIN.MAX_SIZE', '160', 'TEST.SCALES', '[96]', 'TEST.MAX_SIZE', '160',
+            'TRAIN.BATCH_SIZE', '16', 'TRAIN.RPN_BATCHSIZE', '32', 'TRAIN.RPN_PRE_NMS_TOP_N', '300',
+            'TRAIN.RPN_POST_NMS_TOP_N', '40', 'TEST.RPN_PRE_NMS_TOP_N', '300', 'TEST.RPN_POST_NMS_TOP_N', '30',
+            'POOLING_SIZE', '4']
+
+
+@pytest.fixture(scope='module')
+def tiny_shapes(tmp_path_factory):
+    """A 6 + 4 image VOC-format shapes set (used as --dataset custom --data_path ...)."""
+    from lib.datasets.shapes import generate_shapes_dataset
+    root = str(tmp_path_factory.mktemp('shapes') / 'VOC2007')
+    generate_shapes_dataset(root, num_train=6, num_test=4, seed=1, min_size=80, max_size=120, workers=1)
+    return root
+
+
+def tiny_argv(data_root, tmp_path, *extra):
+    """Arguments of a tiny deterministic run; --set (last) points DATA_DIR (caches) into tmp_path."""
+    return ['--dataset', 'custom', '--data_path', data_root, '--net', 'res18', '--weights', 'none',
+            '--cfg', os.path.join(ROOT, 'cfgs', 'shapes_cpu.yml'), '--save_dir', str(tmp_path / 'models'),
+            '--seed', '7', '--deterministic', '--lr', '0.01', *extra,
+            '--set', 'DATA_DIR', str(tmp_path / 'data'), *TINY_SET]
+
+
+def tiny_args(data_root, tmp_path, *extra):
+    return trainval_net.parse_args(tiny_argv(data_root, tmp_path, *extra))
+
+
+def train(args):
+    from lib.model.utils.train_utils import run_training
+    reset_cfg()
+    return run_training(args, log=lambda msg: None)
+
+
+# ------------------------------------------------------------------------------------------------ flags and cfg
+@pytest.mark.parametrize('argv,expected', [([], False), (['--r'], True), (['--r', 'true'], True),
+                                           (['--r', 'False'], False), (['--r', '0'], False), (['--r', 'yes'], True)])
+def test_resume_flag_is_a_real_boolean(argv, expected):
+    assert trainval_net.parse_args(argv).resume is expected
+
+
+def test_resume_flag_rejects_garbage(capsys):
+    with pytest.raises(SystemExit):
+        trainval_net.parse_args(['--r', 'maybe'])
+    assert "expected a boolean" in capsys.readouterr().err
+
+
+def test_defaults_match_the_original():
+    a = trainval_net.parse_args([])
+    assert (a.dataset, a.net, a.start_epoch, a.max_epochs, a.disp_interval, a.checkpoint_interval) == \
+        ('pascal_voc', 'vgg16', 1, 20, 100, 10000)
+    assert (a.save_dir, a.num_workers, a.batch_size, a.optimizer, a.lr, a.lr_decay_step, a.lr_decay_gamma) == \
+        ('models', 0, 1, 'sgd', 0.001, 5, 0.1)
+    assert (a.session, a.checksession, a.checkepoch, a.checkpoint) == (1, 1, 1, 0)
+    assert not (a.cuda or a.mGPUs or a.class_agnostic or a.large_scale or a.use_tfboard or a.amp)
+
+
+def test_set_takes_the_rest_of_the_line():
+    a = trainval_net.parse_args(['--net', 'res50', '--set', 'TRAIN.SCALES', '[800]', 'POOLING_MODE', 'pool'])
+    assert a.set_cfgs == ['TRAIN.SCALES', '[800]', 'POOLING_MODE', 'pool']
+
+
+def test_precedence_dataset_then_yml_then_set(tmp_path):
+    # the dataset's defaults apply where the yml says nothing ...
+    setup_cfg('coco', 'res101')
+    assert cfg.ANCHOR_SCALES == [4, 8, 16, 32] and cfg.MAX_NUM_GT_BOXES == 50
+    assert cfg.POOLING_MODE == 'align' and cfg.TRAIN.WEIGHT_DECAY == 0.0001  # from cfgs/res101.yml
+    # ... a yml that sets anchors overrides the dataset (the original's --dataset silently won) ...
+    reset_cfg()
+    yml = tmp_path / 'anchors.yml'
+    yml.write_text('ANCHOR_SCALES: [2, 4]\nMAX_NUM_GT_BOXES: 7\n')
+    setup_cfg('coco', 'res101', cfg_file=str(yml))
+    assert cfg.ANCHOR_SCALES == [2, 4] and cfg.MAX_NUM_GT_BOXES == 7
+    assert cfg.POOLING_MODE == 'crop'  # an explicit --cfg replaces cfgs/<net>.yml
+    # ... a checkpoint's model keys override the yml, and --set overrides everything
+    reset_cfg()
+    setup_cfg('coco', 'res101', cfg_file=str(yml), stored_cfg={'ANCHOR_SCALES': [3], 'POOLING_MODE': 'pool'},
+              set_cfgs=['MAX_NUM_GT_BOXES', '9', 'POOLING_MODE', 'align'])
+    assert cfg.ANCHOR_SCALES == [3] and cfg.POOLING_MODE == 'align' and cfg.MAX_NUM_GT_BOXES == 9
+
+
+def test_ls_picks_the_large_scale_yml():
+    used = setup_cfg('pascal_voc', 'res101', large_scale=True)
+    assert used.endswith(os.path.join('cfgs', 'res101_ls.yml')) and tuple(cfg.TRAIN.SCALES) == (800,)
+
+
+def test_custom_needs_data_path():
+    with pytest.raises(ValueError, match='--data_path'):
+        setup_cfg('custom', 'res18')
+
+
+# ------------------------------------------------------------------------------------------------ training runs
+def test_checkpoints_hold_the_full_state(tiny_shapes, tmp_path):
+    out = train(tiny_args(tiny_shapes, tmp_path, '--epochs', '1', '--max_iters', '3', '--checkpoint_interval', '2',
+                          '--disp_interval', '1'))
+    names = [os.path.basename(p) for p in out['checkpoints']]
+    assert names == ['faster_rcnn_1_1_1.pth', 'faster_rcnn_1_1_2.pth']  # mid-epoch every 2 iterations, epoch end
+    ck = load_checkpoint(out['checkpoints'][0])
+    assert (ck['session'], ck['epoch'], ck['step'], ck['iters_per_epoch']) == (1, 1, 1, 3)
+    assert ck['sampler'] == {'epoch': 1, 'position': 2}
+    assert ck['net'] == 'res18' and ck['class_agnostic'] is False and ck['lr'] == pytest.approx(0.01)
+    assert ck['classes'][0] == '__background__' and len(ck['classes']) == 7
+    assert ck['anchor_scales'] == cfg.ANCHOR_SCALES and ck['cfg']['POOLING_SIZE'] == 4
+    assert set(ck['rng']) == {'python', 'numpy', 'torch', 'cuda'}
+    assert ck['optimizer']['state'] and all('momentum_buffer' in v for v in ck['optimizer']['state'].values())
+    assert len(out['history']) == 3 and all(h['lr'] == pytest.approx(0.01) for h in out['history'])
+    outdir = out['output_dir']
+    assert os.path.isfile(os.path.join(outdir, 'cfg_1.yml')) and os.path.isfile(os.path.join(outdir, 'loss_1.png'))
+
+
+def test_resume_mid_epoch_reproduces_the_uninterrupted_run(tiny_shapes, tmp_path):
+    common = ('--epochs', '2', '--max_iters', '3', '--checkpoint_interval', '2', '--disp_interval', '1',
+              '--lr_decay_step', '1', '--lr_decay_gamma', '0.5')
+    full = train(tiny_args(tiny_shapes, tmp_path, *common))
+    assert [os.path.basename(p) for p in full['checkpoints']] == [
+        'faster_rcnn_1_1_1.pth', 'faster_rcnn_1_1_2.pth', 'faster_rcnn_1_2_1.pth', 'faster_rcnn_1_2_2.pth']
+    # epoch 2 = lr_decay_step + 1: the lr halves at its start
+    assert [h['lr'] for h in full['history']] == pytest.approx([0.01] * 3 + [0.005] * 3)
+    final = load_checkpoint(full['checkpoints'][-1])
+
+    # the checkpoint after iteration 1 of epoch 1 is the interruption point; its successors get overwritten
+    for p in full['checkpoints'][1:]:
+        os.remove(p)
+    resumed = train(tiny_args(tiny_shapes, tmp_path, *common, '--r', '--checkepoch', '1', '--checkpoint', '1'))
+    assert [os.path.basename(p) for p in resumed['checkpoints']] == [
+        'faster_rcnn_1_1_2.pth', 'faster_rcnn_1_2_1.pth', 'faster_rcnn_1_2_2.pth']
+    keys = ('epoch', 'step', 'loss', 'lr', 'rpn_cls', 'rpn_box', 'rcnn_cls', 'rcnn_box')
+    assert [[h[k] for k in keys] for h in resumed['history']] == [[h[k] for k in keys] for h in full['history']]
+    again = load_checkpoint(resumed['checkpoints'][-1])
+    for k, v in final['model'].items():
+        assert torch.equal(v, again['model'][k]), k
+
+
+def _nan_on_call(monkeypatch, bad_call):
+    """Make the model's rpn_loss_cls NaN on its bad_call-th training forward (0-based)."""
+    from lib.model.utils import train_utils
+    real = train_utils.build_detector
+    calls = {'n': 0}
+
+    def build(*a, **k):
+        model = real(*a, **k)
+        forward = model.forward
+
+        def poisoned(*fa, **fk):
+            out = forward(*fa, **fk)
+            if model.training:
+                calls['n'] += 1
+                if calls['n'] - 1 == bad_call:
+                    return out._replace(rpn_loss_cls=out.rpn_loss_cls * float('nan'))
+            return out
+        model.forward = poisoned
+        return model
+    monkeypatch.setattr(train_utils, 'build_detector', build)
+
+
+def test_nan_loss_stops_training_and_keeps_the_last_checkpoint(tiny_shapes, tmp_path, monkeypatch, capsys):
+    _nan_on_call(monkeypatch, 3)
+    args = ['--epochs', '1', '--max_iters', '6', '--checkpoint_interval', '2', '--disp_interval', '100']
+    reset_cfg()
+    code = trainval_net.main(tiny_argv(tiny_shapes, tmp_path, *args))
+    err = capsys.readouterr().err
+    assert code == 2
+    assert 'non-finite loss (NaN or inf) at epoch 1, iteration 3' in err
+    assert 'JPEGImages' in err and '.jpg' in err  # the batch's image path is named
+    saved = sorted(os.path.basename(p) for p in glob.glob(str(tmp_path / 'models' / 'res18' / 'custom' / '*.pth')))
+    assert saved == ['faster_rcnn_1_1_1.pth']
+    ck = load_checkpoint(str(tmp_path / 'models' / 'res18' / 'custom' / 'faster_rcnn_1_1_1.pth'))
+    assert all(torch.isfinite(v).all() for v in ck['model'].values() if v.is_floating_point())
+
+
+def test_ddp_two_cpu_processes_train_and_rank0_saves_once(tiny_shapes, tmp_path):
+    env = {**os.environ, 'PYTHONPATH': ROOT, 'OMP_NUM_THREADS': '1'}
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
+           os.path.join(ROOT, 'trainval_net.py'), *tiny_argv(tiny_shapes, tmp_path, '--epochs', '1',
+                                                             '--disp_interval', '1')]
+    out = subprocess.run(cmd, cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    # 6 images + flips = 12 entries, bs 1, 2 processes: 6 iterations each; only rank 0 logs and saves
+    lines = [l for l in out.stdout.splitlines() if l.startswith('[session 1][epoch  1]')]
+    assert [l.split(']')[2] for l in lines] == [f'[iter {i:4d}/   6' for i in range(6)]
+    saved = sorted(os.path.basename(p) for p in glob.glob(str(tmp_path / 'models' / 'res18' / 'custom' / '*.pth')))
+    assert saved == ['faster_rcnn_1_1_5.pth']
+    ck = load_checkpoint(str(tmp_path / 'models' / 'res18' / 'custom' / 'faster_rcnn_1_1_5.pth'))
+    assert not any(k.startswith('module.') for k in ck['model'])
