@@ -107,7 +107,7 @@ class voc_format(imdb):
         self._roidb_handler = self.gt_roidb
         self._salt = str(uuid.uuid4())
         self._comp_id = 'comp4'
-        self.config = {'cleanup': True, 'use_salt': True, 'use_diff': False}
+        self.config = {'cleanup': True, 'use_salt': True}
 
     # ---- paths ----
     @property

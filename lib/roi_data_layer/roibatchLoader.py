@@ -16,6 +16,7 @@ Test (training=False): index = roidb index; TEST.SCALES[0] with TEST.MAX_SIZE, n
 still returned (scaled, padded to G).
 """
 import math
+import os
 
 import cv2
 import numpy as np
@@ -25,16 +26,17 @@ import torch.utils.data as data
 from lib.model.utils.config import cfg
 from lib.roi_data_layer.minibatch import get_minibatch
 
-_cv2_threads_set = False
+_cv2_checked_pid = None
 
 
 def _single_threaded_cv2_in_workers():
-    # OpenCV's own thread pool in every DataLoader worker oversubscribes the cores.
-    global _cv2_threads_set
-    if not _cv2_threads_set:
+    # OpenCV's own thread pool in every DataLoader worker oversubscribes the cores. Checked once per process (a
+    # forked worker inherits the parent's module state, hence the pid).
+    global _cv2_checked_pid
+    if _cv2_checked_pid != os.getpid():
         if data.get_worker_info() is not None:
             cv2.setNumThreads(0)
-        _cv2_threads_set = True
+        _cv2_checked_pid = os.getpid()
 
 
 def block_target_ratios(ratio_list, batch_size):

@@ -231,3 +231,17 @@ def test_dataloader_with_two_workers(custom_shapes):
         assert num_boxes.dtype == torch.int64 and (num_boxes >= 0).all()
         seen += im_data.shape[0]
     assert seen == len(ds)
+
+
+def test_exif_orientation_is_ignored(tmp_path):
+    # Boxes are in stored-pixel coordinates and sizes come from the file header, so a decoder that applied the
+    # EXIF rotation (orientation 6: rotate 90 degrees) would return a 20x40 image for this 40x20 one.
+    from PIL import Image
+    from lib.datasets.imdb import image_size
+    from lib.model.utils.blob import read_image
+    path = str(tmp_path / 'rot.jpg')
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(np.zeros((20, 40, 3), np.uint8)).save(path, exif=exif)
+    assert image_size(path) == (40, 20)
+    assert read_image(path).shape == (20, 40, 3)
