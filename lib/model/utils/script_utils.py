@@ -115,7 +115,8 @@ def apply_model_cfg(stored_cfg):
         _set_key(key, value)
 
 
-def setup_cfg(dataset, net, large_scale=False, cfg_file=None, set_cfgs=None, stored_cfg=None, data_path=None):
+def setup_cfg(dataset, net, large_scale=False, cfg_file=None, set_cfgs=None, stored_cfg=None, data_path=None,
+              needs_data=True):
     """Build the global cfg in the documented precedence and return the yml file used (or None).
 
     Args:
@@ -125,9 +126,10 @@ def setup_cfg(dataset, net, large_scale=False, cfg_file=None, set_cfgs=None, sto
         set_cfgs: flat KEY VALUE list from --set, applied last.
         stored_cfg: a checkpoint's cfg dict; its MODEL_CFG_KEYS override the yml (test_net, demo).
         data_path: folder of a 'custom' VOC-format dataset.
+        needs_data: False when no dataset is read (demo): 'custom' then needs no data_path.
     """
     settings = dataset_settings(dataset)
-    if dataset == 'custom':
+    if dataset == 'custom' and (needs_data or data_path):
         if not data_path:
             raise ValueError("--dataset custom needs --data_path pointing at a VOC-format folder "
                              "(Annotations/, ImageSets/Main/, JPEGImages/)")

@@ -431,7 +431,7 @@ def run_demo(args, log=print):
     net, classes, class_agnostic = checkpoint_settings(
         ck, args.net, args.class_agnostic, None if ck.get('classes') else PASCAL_CLASSES)
     setup_cfg(args.dataset, net, False, args.cfg_file, args.set_cfgs, stored_cfg=stored_model_cfg(ck),
-              data_path=getattr(args, 'data_path', None))
+              needs_data=False)
     device = select_device(args.cuda)
     cfg.CUDA = device.type == 'cuda'
     print_cfg()

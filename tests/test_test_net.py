@@ -1,0 +1,139 @@
+"""test_net.py and the shared inference code: per-class NMS and top-k, detection files, checkpoint-driven model
+restoration, and a full evaluation of a briefly trained tiny model."""
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import test_net
+import trainval_net
+from lib.model.utils.config import cfg, reset_cfg
+from lib.model.utils.script_utils import build_detector, guess_net
+from lib.model.utils.test_utils import (load_detections, load_model_weights, postprocess_detections,
+                                        save_detections)
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..'))
+TINY_SET = ['TRAIN.SCALES', '[96]', 'TRAIN.MAX_SIZE', '160', 'TEST.SCALES', '[96]', 'TEST.MAX_SIZE', '160',
+            'TRAIN.BATCH_SIZE', '16', 'TRAIN.RPN_BATCHSIZE', '32', 'TRAIN.RPN_PRE_NMS_TOP_N', '300',
+            'TRAIN.RPN_POST_NMS_TOP_N', '40', 'TEST.RPN_PRE_NMS_TOP_N', '300', 'TEST.RPN_POST_NMS_TOP_N', '30',
+            'POOLING_SIZE', '4']
+
+
+# ------------------------------------------------------------------------------------------------ post-processing
+def test_postprocess_threshold_nms_per_class_and_topk():
+    # 4 rois, classes: background, a, b. Rois 0 and 1 overlap heavily; roi 3 is far away.
+    roi = torch.tensor([[0., 0., 9., 9.], [0., 0., 9., 8.], [0., 0., 9., 9.], [50., 50., 59., 59.]])
+    boxes = roi.repeat(1, 3)  # class-specific layout [R, 4C], same box for every class
+    scores = torch.tensor([[0.1, 0.8, 0.1],
+                           [0.1, 0.7, 0.2],
+                           [0.6, 0.05, 0.35],
+                           [0.5, 0.3, 0.2]])
+    dets = postprocess_detections(scores, boxes, thresh=0.1, nms_thresh=0.3, max_per_image=100)
+    assert len(dets) == 3 and dets[0].shape == (0, 5)
+    # class a: roi 1 (IoU 0.9 with roi 0) suppressed, roi 2 below the threshold -> rois 0 and 3
+    np.testing.assert_allclose(dets[1], [[0, 0, 9, 9, 0.8], [50, 50, 59, 59, 0.3]], rtol=1e-6)
+    # class b: rois 0 (0.1) not > thresh; roi 2 (0.35) suppresses roi 1 (0.2); roi 3 kept: classes do not interact
+    np.testing.assert_allclose(dets[2], [[0, 0, 9, 9, 0.35], [50, 50, 59, 59, 0.2]], rtol=1e-6)
+    # top 2 over all classes: 0.8 (a) and 0.35 (b)
+    top = postprocess_detections(scores, boxes, thresh=0.1, nms_thresh=0.3, max_per_image=2)
+    np.testing.assert_allclose(top[1][:, 4], [0.8])
+    np.testing.assert_allclose(top[2][:, 4], [0.35])
+
+
+def test_postprocess_class_agnostic_boxes():
+    boxes = torch.tensor([[0., 0., 9., 9.], [20., 20., 29., 29.]])
+    scores = torch.tensor([[0.2, 0.5, 0.3], [0.1, 0.1, 0.8]])
+    dets = postprocess_detections(scores, boxes, thresh=0.25, nms_thresh=0.3, max_per_image=100)
+    np.testing.assert_allclose(dets[1], [[0, 0, 9, 9, 0.5]])
+    np.testing.assert_allclose(dets[2], [[20, 20, 29, 29, 0.8], [0, 0, 9, 9, 0.3]])
+
+
+def test_detection_file_round_trip(tmp_path):
+    rng = np.random.default_rng(0)
+    classes = ['__background__', 'a', 'b']
+    all_boxes = [[np.zeros((0, 5), np.float32) for _ in range(3)] for _ in range(3)]
+    all_boxes[1][0] = rng.random((4, 5)).astype(np.float32)
+    all_boxes[2][2] = rng.random((1, 5)).astype(np.float32)
+    path = save_detections(all_boxes, classes, ['x', 'y', 'z'], str(tmp_path / 'detections.npz'))
+    loaded, cls, index = load_detections(path)
+    assert cls == classes and index == ['x', 'y', 'z']
+    for j in range(3):
+        for i in range(3):
+            np.testing.assert_array_equal(loaded[j][i], all_boxes[j][i])
+
+
+# ------------------------------------------------------------------------------------------------ model restoring
+def test_guess_net_and_a_clear_mismatch_message():
+    cfg.TRAIN.BN_TRAIN = True
+    r18 = build_detector('res18', ['__background__', 'a'])
+    assert guess_net(r18.state_dict()) == 'res18'
+    r34 = build_detector('res34', ['__background__', 'a'])
+    assert guess_net(r34.state_dict()) == 'res34'
+    with pytest.raises(ValueError, match=r'x\.pth does not fit --net res34: missing keys: .*RCNN_base\.\d\.2\..*'
+                                         r'try --net res18'):
+        load_model_weights(r34, r18.state_dict(), 'res34', 'x.pth')
+
+
+# ------------------------------------------------------------------------------------------------ end to end
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+    """A tiny shapes set and a checkpoint trained on it for 4 iterations with non-default anchors."""
+    from lib.datasets.shapes import generate_shapes_dataset
+    from lib.model.utils.train_utils import run_training
+    tmp = tmp_path_factory.mktemp('testnet')
+    root = str(tmp / 'VOC2007')
+    generate_shapes_dataset(root, num_train=6, num_test=4, seed=2, min_size=80, max_size=120, workers=1)
+    reset_cfg()
+    args = trainval_net.parse_args([
+        '--dataset', 'custom', '--data_path', root, '--net', 'res18', '--weights', 'none', '--cfg',
+        os.path.join(ROOT, 'cfgs', 'shapes_cpu.yml'), '--save_dir', str(tmp / 'models'), '--epochs', '1',
+        '--max_iters', '4', '--lr', '0.01', '--set', 'DATA_DIR', str(tmp / 'data'), *TINY_SET,
+        'ANCHOR_SCALES', '[2, 4]'])
+    out = run_training(args, log=lambda m: None)
+    reset_cfg()
+    return {'root': root, 'tmp': tmp, 'checkpoint': out['checkpoints'][-1]}
+
+
+def _test_argv(trained, *extra):
+    tmp = trained['tmp']
+    # no anchor --set: they come from the checkpoint; ROOT_DIR moves output/ into tmp
+    return ['--dataset', 'custom', '--data_path', trained['root'], '--net', 'res18', '--load_dir',
+            str(tmp / 'models'), '--checksession', '1', '--checkepoch', '1', '--checkpoint', '3', *extra,
+            '--set', 'DATA_DIR', str(tmp / 'data'), 'ROOT_DIR', str(tmp), 'TEST.SCALES', '[96]',
+            'TEST.MAX_SIZE', '160']
+
+
+def test_test_net_writes_detections_and_map(trained):
+    from lib.model.utils.test_utils import run_test
+    logs = []
+    out = run_test(test_net.parse_args(_test_argv(trained, '--vis', '--thresh', '0.0')), log=logs.append)
+    assert cfg.ANCHOR_SCALES == [2, 4] and cfg.POOLING_SIZE == 4  # restored from the checkpoint
+    assert out['num_images'] == 4
+    assert out['output_dir'].startswith(str(trained['tmp'] / 'output'))
+    assert os.path.basename(out['output_dir']) == 'faster_rcnn_1_1_3'
+    all_boxes, classes, index = load_detections(out['detections'])
+    assert len(classes) == 7 and len(index) == 4
+    n = sum(len(all_boxes[j][i]) for j in range(1, 7) for i in range(4))
+    assert 0 < n <= 4 * 100
+    assert all((all_boxes[j][i][:, 4] > 0.0).all() for j in range(1, 7) for i in range(4))
+    assert all(len(all_boxes[j][i]) == 0 or (np.diff(all_boxes[j][i][:, 4]) <= 0).all()
+               for j in range(1, 7) for i in range(4))  # by decreasing score
+    res = out['results']
+    assert 0.0 <= res['mAP'] <= 1.0 and res['use_07_metric'] is True
+    assert any(line.startswith('mAP (the dataset\'s metric: VOC07)') for line in logs)
+    assert len([f for f in os.listdir(os.path.join(out['output_dir'], 'vis')) if f.endswith('.jpg')]) == 4
+    assert os.path.isfile(os.path.join(out['output_dir'], 'pr_curves.png'))
+
+
+def test_test_net_refuses_a_checkpoint_of_other_classes(trained, tmp_path):
+    from lib.model.utils.checkpoint import load_checkpoint, save_checkpoint
+    from lib.model.utils.test_utils import run_test
+    ck = load_checkpoint(trained['checkpoint'])
+    ck['classes'] = ['__background__', 'cat', 'dog', 'x', 'y', 'z', 'w']
+    d = tmp_path / 'models' / 'res18' / 'custom'
+    save_checkpoint(ck, str(d / 'faster_rcnn_1_1_3.pth'))
+    argv = _test_argv(trained)
+    argv[argv.index('--load_dir') + 1] = str(tmp_path / 'models')
+    with pytest.raises(ValueError, match=r"detects \['__background__', 'cat'.*but custom_test has classes"):
+        run_test(test_net.parse_args(argv), log=lambda m: None)
