@@ -46,7 +46,10 @@ class _ProposalLayer(nn.Module):
         s = self._settings['TRAIN' if self.training else 'TEST']
         A = self._num_anchors
         B, _, H, W = rpn_bbox_pred.shape
-        dtype = rpn_bbox_pred.dtype
+        # box arithmetic in float32 even under autocast: half precision cannot hold pixel coordinates exactly
+        dtype = torch.promote_types(rpn_bbox_pred.dtype, torch.float32)
+        rpn_bbox_pred = rpn_bbox_pred.to(dtype)
+        rpn_cls_prob = rpn_cls_prob.to(dtype)
         anchors = grid_anchors(self._anchors.to(device=rpn_bbox_pred.device, dtype=dtype), H, W,
                                self._feat_stride)  # (N, 4)
 
