@@ -105,8 +105,8 @@ def read_detections(detpath):
     image_ids, confidence, boxes = [], [], []
     with open(detpath, 'r') as f:
         for lineno, line in enumerate(f, 1):
-            parts = line.strip().split(' ')
-            if parts == ['']:
+            parts = line.split()
+            if not parts:
                 continue
             if len(parts) != 6:
                 raise ValueError(f'{detpath}:{lineno}: expected "image_id score x1 y1 x2 y2", got {line!r}')
