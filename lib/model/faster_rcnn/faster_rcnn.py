@@ -8,7 +8,6 @@ Shorthand: B images, G gt rows, R rois per image, C classes (background included
 """
 from collections import namedtuple
 
-import torch
 import torch.nn.functional as F
 from torch import nn
 

@@ -3,7 +3,6 @@ score pair and 4 box deltas; proposals always, anchor targets and losses in trai
 
 Shorthand: B images, C_in backbone channels, A anchors per cell, H W feature-map size, P rois per image.
 """
-import torch
 import torch.nn.functional as F
 from torch import nn
 

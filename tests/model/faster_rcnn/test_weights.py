@@ -7,7 +7,7 @@ from lib.model.faster_rcnn.weights import (FORMAT_KEY, default_model_path, detec
                                            read_weight_format)
 from lib.model.utils.config import cfg
 
-roi_layers = pytest.importorskip('lib.model.roi_layers', reason='compiled ops not built', exc_type=ImportError)
+pytest.importorskip('lib.model.roi_layers', reason='compiled ops not built', exc_type=ImportError)
 from lib.model.faster_rcnn.resnet import build_resnet, resnet  # noqa: E402
 from frcnn_helpers import CLASSES  # noqa: E402
 
