@@ -31,12 +31,14 @@ class vgg16(_fasterRCNN):
         _fasterRCNN.__init__(self, classes, class_agnostic)
 
     def _init_modules(self):
-        vgg = torchvision.models.vgg16(weights=None)
         fmt = self.weight_format
+        state_dict = None
         if self.pretrained:
             state_dict = load_state_dict_file(self.model_path, 'vgg16')
             if fmt is None:
                 fmt = detect_weight_format(state_dict, self.model_path)
+        vgg = torchvision.models.vgg16(weights=None)
+        if state_dict is not None:
             print(f'Loading pretrained weights from {self.model_path} ({fmt} format)')
             load_backbone(vgg, state_dict, self.model_path, ignore_prefixes=('classifier.6.',))
         if fmt is None:

@@ -172,3 +172,29 @@ def test_class_specific_bbox_pred_is_gathered_by_label(tiny_cfg):
     full = feats['full'].view(-1, C, 4)
     expect = full[torch.arange(full.size(0)), out.rois_label]
     torch.testing.assert_close(out.bbox_pred.view(-1, 4), expect)
+
+
+def test_forward_on_device(tiny_cfg, device):
+    torch.manual_seed(0)
+    model = build('res18').to(device)
+    batch = [t.to(device) for t in make_batch(B=2, H=64, W=80)]
+    model.train()
+    out = model(*batch)
+    check_train_output(out, 2)
+    assert out.rois.device.type == device.type and out.rpn_loss_cls.device.type == device.type
+    sum(out[3:7]).backward()
+    model.eval()
+    with torch.no_grad():
+        out = model(*batch[:2])
+    check_eval_output(out, 2)
+    assert out.RCNN_loss_cls.device.type == device.type
+
+
+def test_state_dict_keys_use_the_original_names(tiny_cfg):
+    """Checkpoints keep the original's parameter names (no extra persistent buffers)."""
+    model = build('res18')
+    prefixes = ('RCNN_base.', 'RCNN_top.', 'RCNN_rpn.RPN_Conv.', 'RCNN_rpn.RPN_cls_score.',
+                'RCNN_rpn.RPN_bbox_pred.', 'RCNN_cls_score.', 'RCNN_bbox_pred.')
+    keys = list(model.state_dict())
+    assert all(k.startswith(prefixes) for k in keys), [k for k in keys if not k.startswith(prefixes)]
+    assert all(any(k.startswith(p) for k in keys) for p in prefixes)

@@ -9,6 +9,7 @@ from lib.model.utils.config import cfg
 
 pytest.importorskip('lib.model.roi_layers', reason='compiled ops not built', exc_type=ImportError)
 from lib.model.faster_rcnn.resnet import build_resnet, resnet  # noqa: E402
+from lib.model.faster_rcnn.vgg16 import vgg16  # noqa: E402
 from frcnn_helpers import CLASSES  # noqa: E402
 
 
@@ -87,6 +88,9 @@ def test_missing_and_wrong_files(tmp_path, tiny_cfg):
         model.create_architecture()
     msg = str(e.value)
     assert str(tmp_path / 'pretrained_model' / 'resnet101_caffe.pth') in msg and 'pretrained=False' in msg
+
+    with pytest.raises(FileNotFoundError, match='vgg16_caffe.pth'):
+        vgg16(CLASSES, pretrained=True).create_architecture()
 
     path = tmp_path / 'resnet18.pth'
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
