@@ -122,3 +122,14 @@ def test_positive_weight_option_and_validation():
         torch.testing.assert_close(ow[b][neg][:, 0], torch.full((int(neg.sum()),), 0.75 / int(neg.sum())))
     with pytest.raises(ValueError, match='RPN_POSITIVE_WEIGHT'):
         _AnchorTargetLayer(STRIDE, SCALES, RATIOS, positive_weight=1.5)
+
+
+def test_outside_weights_use_each_images_own_count():
+    # no subsampling: every labelled anchor counts, and the smaller image 1 has fewer of them
+    layer = _AnchorTargetLayer(STRIDE, SCALES, RATIOS, batch_size=10000, fg_fraction=0.5)
+    score, gt, im_info, num_boxes = _inputs()
+    lab, _, _, ow = _flat(*layer(score, gt, im_info, num_boxes))
+    counts = (lab >= 0).sum(1)
+    assert counts[0] != counts[1]
+    for b in range(2):
+        assert torch.allclose(ow[b][lab[b] >= 0], torch.tensor(1.0 / float(counts[b])))
