@@ -30,7 +30,7 @@ DATASETS = {
                  set_cfgs=['ANCHOR_SCALES', '[4, 8, 16, 32]', 'ANCHOR_RATIOS', '[0.5, 1, 2]',
                            'MAX_NUM_GT_BOXES', '50']),
     'shapes': dict(imdb_name='shapes_trainval', imdbval_name='shapes_test',
-                   set_cfgs=['ANCHOR_SCALES', '[2, 4, 8, 16]', 'ANCHOR_RATIOS', '[0.5, 1, 2]',
+                   set_cfgs=['ANCHOR_SCALES', '[2, 4, 8, 16, 32]', 'ANCHOR_RATIOS', '[0.5, 1, 2]',
                              'MAX_NUM_GT_BOXES', '20']),
     'custom': dict(imdb_name='custom_trainval', imdbval_name='custom_test',
                    set_cfgs=['ANCHOR_SCALES', '[8, 16, 32]', 'ANCHOR_RATIOS', '[0.5, 1, 2]',

@@ -106,3 +106,13 @@ def test_loss_plot_is_written(tmp_path):
     path = plot_loss_history(hist, str(tmp_path / 'loss.png'))
     with open(path, 'rb') as f:
         assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+
+
+def test_amp_on_cpu_warns_and_runs_float32():
+    from types import SimpleNamespace
+    from lib.model.utils.train_utils import _autocast
+    with pytest.warns(UserWarning, match='float32'):
+        ctx, scaler = _autocast(torch.device('cpu'), SimpleNamespace(amp=True, amp_dtype='bf16'))
+    with ctx():
+        assert torch.mm(torch.ones(2, 2), torch.ones(2, 2)).dtype == torch.float32
+    assert scaler is False
