@@ -126,13 +126,15 @@ class LossMeter:
         self._raise_if_bad(*self._sync_bad())
 
     def read(self):
-        """Check, then return {'loss': mean total since reset, 4 last-step losses, 'fg', 'bg', 'count'}."""
+        """Check, then return {'loss': mean total since reset, the 4 losses of the last step (what the original
+        printed), 'mean_<name>': their means since reset, 'fg', 'bg' (last step), 'count'}."""
         self.check_finite()
         count = max(len(self.steps), 1)
         sums = self.sums.tolist()
         last = self.last.tolist()
         out = {'loss': sums[0] / count, 'count': len(self.steps), 'fg': int(last[5]), 'bg': int(last[6])}
         out.update(zip(LOSS_NAMES, last[1:5]))
+        out.update((f'mean_{k}', v / count) for k, v in zip(LOSS_NAMES, sums[1:5]))
         return out
 
 
@@ -198,7 +200,8 @@ def describe_images(roidb, ratio_index):
 # logging
 # ----------------------------------------------------------------------------------------------------------------
 def plot_loss_history(history, path, title=None):
-    """Save a PNG of the total and the four component losses against the global iteration (matplotlib Agg)."""
+    """Save a PNG of the total and the four component losses (means between displays) against the global
+    iteration (matplotlib Agg)."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -206,9 +209,9 @@ def plot_loss_history(history, path, title=None):
         return None
     x = [h['iter'] for h in history]
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    ax.plot(x, [h['loss'] for h in history], label='loss (mean since last display)', linewidth=2)
+    ax.plot(x, [h['loss'] for h in history], label='loss', linewidth=2)
     for name in LOSS_NAMES:
-        ax.plot(x, [h[name] for h in history], label=name, linewidth=1, alpha=0.8)
+        ax.plot(x, [h.get(f'mean_{name}', h[name]) for h in history], label=name, linewidth=1, alpha=0.8)
     ax.set_xlabel('iteration')
     ax.set_ylabel('loss')
     ax.set_yscale('log')
@@ -440,7 +443,8 @@ def _train(args, rank, world, local_rank, is_main, say, start_time):
                 stats = meter.read()
                 toc = time.time()
                 record = {'iter': (epoch - 1) * iters_per_epoch + step, 'epoch': epoch, 'step': step,
-                          'loss': stats['loss'], 'lr': lr, **{k: stats[k] for k in LOSS_NAMES}}
+                          'loss': stats['loss'], 'lr': lr, **{k: stats[k] for k in LOSS_NAMES},
+                          **{f'mean_{k}': stats[f'mean_{k}'] for k in LOSS_NAMES}}
                 history.append(record)
                 if step % args.disp_interval == 0:
                     say('[session %d][epoch %2d][iter %4d/%4d] loss: %.4f, lr: %.2e'

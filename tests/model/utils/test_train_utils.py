@@ -82,6 +82,7 @@ def test_loss_meter_averages_and_reports_last_step():
     assert out['loss'] == pytest.approx((10 + 2) / 2)
     assert (out['rpn_cls'], out['rpn_box'], out['rcnn_cls'], out['rcnn_box']) == (0.0, 1.0, 0.0, 1.0)
     assert (out['fg'], out['bg'], out['count']) == (1, 3, 2)
+    assert [out[f'mean_{k}'] for k in ('rpn_cls', 'rpn_box', 'rcnn_cls', 'rcnn_box')] == [0.5, 1.5, 1.5, 2.5]
 
 
 @pytest.mark.parametrize('bad', [float('nan'), float('inf')])
