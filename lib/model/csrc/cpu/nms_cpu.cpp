@@ -1,11 +1,13 @@
 // Greedy NMS on the CPU with pixel-inclusive IoU (area = (x2 - x1 + 1) * (y2 - y1 + 1)).
-// The boxes still in play are kept in packed coordinate arrays that shrink as boxes are suppressed, so each
-// kept box only visits the survivors instead of every later box (torchvision's loop visits all of them).
+// Sorted boxes are copied into coordinate arrays; each kept box runs one branch-free (vectorized) pass that
+// clears the live flag of the boxes it suppresses, and the survivors are packed to the front whenever most
+// of the range is dead, so kept boxes mostly visit live boxes (torchvision's loop visits every later box).
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "../checks.h"
@@ -29,10 +31,13 @@ float cmp_threshold<float>(double t) {
 template <typename scalar_t>
 int64_t nms_cpu_kernel(const at::Tensor& dets, const at::Tensor& order, double iou_threshold, int64_t max_out,
                        int64_t* keep) {
+  // An integer of the coordinates' width keeps the suppression pass a single vectorizable loop.
+  using flag_t = std::conditional_t<sizeof(scalar_t) == 8, int64_t, int32_t>;
   const int64_t n = dets.size(0);
   const auto d = dets.accessor<scalar_t, 2>();
   const int64_t* ord = order.data_ptr<int64_t>();
   std::vector<scalar_t> x1(n), y1(n), x2(n), y2(n), area(n);
+  std::vector<flag_t> alive(n, 1);
   std::vector<int64_t> id(n);
   for (int64_t k = 0; k < n; ++k) {
     const int64_t i = ord[k];
@@ -44,37 +49,55 @@ int64_t nms_cpu_kernel(const at::Tensor& dets, const at::Tensor& order, double i
     id[k] = i;
   }
   const scalar_t thresh = cmp_threshold<scalar_t>(iou_threshold);
-  int64_t remaining = n;
-  int64_t num_kept = 0;
-  scalar_t* px1 = x1.data();
-  scalar_t* py1 = y1.data();
-  scalar_t* px2 = x2.data();
-  scalar_t* py2 = y2.data();
-  scalar_t* parea = area.data();
-  int64_t* pid = id.data();
-  while (remaining > 0 && num_kept < max_out) {
-    // The head of the packed arrays has the highest score of the survivors: keep it.
-    const scalar_t ix1 = px1[0], iy1 = py1[0], ix2 = px2[0], iy2 = py2[0], iarea = parea[0];
-    keep[num_kept++] = pid[0];
-    int64_t m = 0;
-    for (int64_t j = 1; j < remaining; ++j) {
-      const scalar_t jx1 = px1[j], jy1 = py1[j], jx2 = px2[j], jy2 = py2[j], jarea = parea[j];
-      const int64_t jid = pid[j];
-      const scalar_t w = std::max(static_cast<scalar_t>(0), std::min(ix2, jx2) - std::max(ix1, jx1) + 1);
-      const scalar_t h = std::max(static_cast<scalar_t>(0), std::min(iy2, jy2) - std::max(iy1, jy1) + 1);
-      const scalar_t inter = w * h;
-      const scalar_t ovr = inter / (iarea + jarea - inter);
-      // Branch-free compaction: always write the survivor slot, advance it only if j survives (m <= j, so
-      // nothing unread is overwritten). Suppression is strictly IoU > threshold, as in the original.
-      px1[m] = jx1;
-      py1[m] = jy1;
-      px2[m] = jx2;
-      py2[m] = jy2;
-      parea[m] = jarea;
-      pid[m] = jid;
-      m += !(ovr > thresh);
+  scalar_t* __restrict px1 = x1.data();
+  scalar_t* __restrict py1 = y1.data();
+  scalar_t* __restrict px2 = x2.data();
+  scalar_t* __restrict py2 = y2.data();
+  scalar_t* __restrict parea = area.data();
+  flag_t* __restrict palive = alive.data();
+  int64_t* __restrict pid = id.data();
+  // Boxes [begin, end) of the packed arrays are still in play (if alive), in decreasing score order.
+  int64_t begin = 0, end = n, num_kept = 0;
+  while (num_kept < max_out) {
+    while (begin < end && !palive[begin]) {
+      ++begin;
     }
-    remaining = m;
+    if (begin == end) {
+      break;
+    }
+    // The first live box has the highest score of the survivors: keep it and suppress the boxes whose IoU
+    // with it is strictly greater than the threshold, as in the original.
+    const scalar_t ix1 = px1[begin], iy1 = py1[begin], ix2 = px2[begin], iy2 = py2[begin], iarea = parea[begin];
+    keep[num_kept++] = pid[begin];
+    ++begin;
+    flag_t live = 0;
+    for (int64_t j = begin; j < end; ++j) {
+      const scalar_t w = std::max(static_cast<scalar_t>(0), std::min(ix2, px2[j]) - std::max(ix1, px1[j]) + 1);
+      const scalar_t h = std::max(static_cast<scalar_t>(0), std::min(iy2, py2[j]) - std::max(iy1, py1[j]) + 1);
+      const scalar_t inter = w * h;
+      const scalar_t ovr = inter / (iarea + parea[j] - inter);
+      const flag_t a = ovr > thresh ? 0 : palive[j];
+      palive[j] = a;
+      live += a;
+    }
+    // Once most of the range is dead, pack the survivors to the front so later passes skip the dead.
+    if (2 * static_cast<int64_t>(live) < end - begin) {
+      int64_t m = 0;
+      for (int64_t j = begin; j < end; ++j) {
+        if (palive[j]) {
+          px1[m] = px1[j];
+          py1[m] = py1[j];
+          px2[m] = px2[j];
+          py2[m] = py2[j];
+          parea[m] = parea[j];
+          pid[m] = pid[j];
+          palive[m] = 1;
+          ++m;
+        }
+      }
+      begin = 0;
+      end = m;
+    }
   }
   return num_kept;
 }

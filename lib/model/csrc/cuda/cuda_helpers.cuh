@@ -1,0 +1,33 @@
+// Small pieces shared by the CUDA kernels of the faster_rcnn ops.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include <algorithm>
+
+namespace faster_rcnn {
+
+constexpr int kThreadsPerBlock = 256;
+
+inline unsigned int blocks_for(int64_t n) {
+  // A grid-stride loop covers whatever the grid cap leaves out.
+  return static_cast<unsigned int>(std::min<int64_t>((n + kThreadsPerBlock - 1) / kThreadsPerBlock, 65535 * 8));
+}
+
+__device__ inline float dev_floor(float x) { return floorf(x); }
+__device__ inline double dev_floor(double x) { return ::floor(x); }
+__device__ inline float dev_ceil(float x) { return ceilf(x); }
+__device__ inline double dev_ceil(double x) { return ::ceil(x); }
+
+inline void check_cuda_tensor(const at::Tensor& t, const char* what, const char* op) {
+  TORCH_CHECK(t.is_cuda(), op, ": expected CUDA tensors, got ", what, " on ", t.device());
+  const at::ScalarType dtype = t.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf || dtype == at::kBFloat16, op,
+              ": expected float32, float64, float16 or bfloat16 ", what, " on CUDA, got ", dtype);
+}
+
+}  // namespace faster_rcnn

@@ -1,0 +1,217 @@
+// Bilinear RoIAlign (aligned=False) on the GPU, forward and backward, with the geometry of
+// cpu/roi_align_cpu.cpp. One thread per output cell; half/bfloat16 are computed in float and the backward
+// scatters into a float (double for double) buffer with atomics, cast to the input's dtype at the end.
+// A roi whose batch index is out of range yields zeros (checking it on the host would need a sync).
+#include <torch/library.h>
+
+#include "../checks.h"
+#include "cuda_helpers.cuh"
+
+namespace faster_rcnn {
+
+namespace {
+
+struct Bilinear {
+  int64_t y_low, x_low, y_high, x_high;
+};
+
+// Weights of the 4 neighbours of (y, x); false when the sample is outside the map's 1-cell margin.
+template <typename acc_t>
+__device__ inline bool bilinear_weights(int64_t height, int64_t width, acc_t y, acc_t x, Bilinear& p, acc_t& w1,
+                                        acc_t& w2, acc_t& w3, acc_t& w4) {
+  if (y < acc_t(-1) || y > static_cast<acc_t>(height) || x < acc_t(-1) || x > static_cast<acc_t>(width)) {
+    return false;
+  }
+  y = max(y, acc_t(0));
+  x = max(x, acc_t(0));
+  p.y_low = static_cast<int64_t>(y);
+  p.x_low = static_cast<int64_t>(x);
+  if (p.y_low >= height - 1) {
+    p.y_high = p.y_low = height - 1;
+    y = static_cast<acc_t>(p.y_low);
+  } else {
+    p.y_high = p.y_low + 1;
+  }
+  if (p.x_low >= width - 1) {
+    p.x_high = p.x_low = width - 1;
+    x = static_cast<acc_t>(p.x_low);
+  } else {
+    p.x_high = p.x_low + 1;
+  }
+  const acc_t ly = y - static_cast<acc_t>(p.y_low), lx = x - static_cast<acc_t>(p.x_low);
+  const acc_t hy = acc_t(1) - ly, hx = acc_t(1) - lx;
+  w1 = hy * hx;
+  w2 = hy * lx;
+  w3 = ly * hx;
+  w4 = ly * lx;
+  return true;
+}
+
+template <typename scalar_t, typename acc_t>
+struct RoiBin {
+  int64_t batch;
+  acc_t start_h, start_w, bin_h, bin_w;
+  int64_t grid_h, grid_w;
+  acc_t count;
+};
+
+template <typename scalar_t, typename acc_t>
+__device__ inline RoiBin<scalar_t, acc_t> roi_bin(const scalar_t* roi, double spatial_scale, int64_t batch_size,
+                                                  int64_t pooled_height, int64_t pooled_width,
+                                                  int64_t sampling_ratio) {
+  RoiBin<scalar_t, acc_t> r;
+  const double b = static_cast<double>(roi[0]);
+  r.batch = (b >= 0 && b < static_cast<double>(batch_size)) ? static_cast<int64_t>(b) : -1;
+  // Scaled in double and then rounded to acc_t, as the CPU kernel does.
+  r.start_w = static_cast<acc_t>(static_cast<double>(roi[1]) * spatial_scale);
+  r.start_h = static_cast<acc_t>(static_cast<double>(roi[2]) * spatial_scale);
+  const acc_t end_w = static_cast<acc_t>(static_cast<double>(roi[3]) * spatial_scale);
+  const acc_t end_h = static_cast<acc_t>(static_cast<double>(roi[4]) * spatial_scale);
+  const acc_t roi_w = max(end_w - r.start_w, acc_t(1));
+  const acc_t roi_h = max(end_h - r.start_h, acc_t(1));
+  r.bin_h = roi_h / static_cast<acc_t>(pooled_height);
+  r.bin_w = roi_w / static_cast<acc_t>(pooled_width);
+  r.grid_h = sampling_ratio > 0 ? sampling_ratio : static_cast<int64_t>(dev_ceil(roi_h / pooled_height));
+  r.grid_w = sampling_ratio > 0 ? sampling_ratio : static_cast<int64_t>(dev_ceil(roi_w / pooled_width));
+  r.count = static_cast<acc_t>(max(r.grid_h * r.grid_w, int64_t(1)));
+  return r;
+}
+
+template <typename scalar_t, typename acc_t>
+__global__ void roi_align_forward_kernel(int64_t total, const scalar_t* __restrict__ input,
+                                         const scalar_t* __restrict__ rois, double spatial_scale,
+                                         int64_t batch_size, int64_t channels, int64_t height, int64_t width,
+                                         int64_t pooled_height, int64_t pooled_width, int64_t sampling_ratio,
+                                         scalar_t* __restrict__ output) {
+  for (int64_t index = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; index < total;
+       index += static_cast<int64_t>(blockDim.x) * gridDim.x) {
+    const int64_t pw = index % pooled_width;
+    const int64_t ph = (index / pooled_width) % pooled_height;
+    const int64_t c = (index / pooled_width / pooled_height) % channels;
+    const int64_t n = index / pooled_width / pooled_height / channels;
+    const auto r = roi_bin<scalar_t, acc_t>(rois + n * 5, spatial_scale, batch_size, pooled_height, pooled_width,
+                                            sampling_ratio);
+    acc_t acc = 0;
+    if (r.batch >= 0) {
+      const scalar_t* plane = input + (r.batch * channels + c) * height * width;
+      for (int64_t iy = 0; iy < r.grid_h; ++iy) {
+        const acc_t y = r.start_h + ph * r.bin_h + (iy + acc_t(.5)) * r.bin_h / static_cast<acc_t>(r.grid_h);
+        for (int64_t ix = 0; ix < r.grid_w; ++ix) {
+          const acc_t x = r.start_w + pw * r.bin_w + (ix + acc_t(.5)) * r.bin_w / static_cast<acc_t>(r.grid_w);
+          Bilinear p;
+          acc_t w1, w2, w3, w4;
+          if (bilinear_weights(height, width, y, x, p, w1, w2, w3, w4)) {
+            acc += w1 * static_cast<acc_t>(plane[p.y_low * width + p.x_low]) +
+                   w2 * static_cast<acc_t>(plane[p.y_low * width + p.x_high]) +
+                   w3 * static_cast<acc_t>(plane[p.y_high * width + p.x_low]) +
+                   w4 * static_cast<acc_t>(plane[p.y_high * width + p.x_high]);
+          }
+        }
+      }
+    }
+    output[index] = static_cast<scalar_t>(acc / r.count);
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+__global__ void roi_align_backward_kernel(int64_t total, const scalar_t* __restrict__ grad,
+                                          const scalar_t* __restrict__ rois, double spatial_scale,
+                                          int64_t batch_size, int64_t channels, int64_t height, int64_t width,
+                                          int64_t pooled_height, int64_t pooled_width, int64_t sampling_ratio,
+                                          acc_t* __restrict__ grad_input) {
+  for (int64_t index = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; index < total;
+       index += static_cast<int64_t>(blockDim.x) * gridDim.x) {
+    const int64_t pw = index % pooled_width;
+    const int64_t ph = (index / pooled_width) % pooled_height;
+    const int64_t c = (index / pooled_width / pooled_height) % channels;
+    const int64_t n = index / pooled_width / pooled_height / channels;
+    const auto r = roi_bin<scalar_t, acc_t>(rois + n * 5, spatial_scale, batch_size, pooled_height, pooled_width,
+                                            sampling_ratio);
+    if (r.batch < 0) {
+      continue;
+    }
+    acc_t* plane = grad_input + (r.batch * channels + c) * height * width;
+    const acc_t g = static_cast<acc_t>(grad[index]) / r.count;
+    for (int64_t iy = 0; iy < r.grid_h; ++iy) {
+      const acc_t y = r.start_h + ph * r.bin_h + (iy + acc_t(.5)) * r.bin_h / static_cast<acc_t>(r.grid_h);
+      for (int64_t ix = 0; ix < r.grid_w; ++ix) {
+        const acc_t x = r.start_w + pw * r.bin_w + (ix + acc_t(.5)) * r.bin_w / static_cast<acc_t>(r.grid_w);
+        Bilinear p;
+        acc_t w1, w2, w3, w4;
+        if (bilinear_weights(height, width, y, x, p, w1, w2, w3, w4)) {
+          atomicAdd(plane + p.y_low * width + p.x_low, g * w1);
+          atomicAdd(plane + p.y_low * width + p.x_high, g * w2);
+          atomicAdd(plane + p.y_high * width + p.x_low, g * w3);
+          atomicAdd(plane + p.y_high * width + p.x_high, g * w4);
+        }
+      }
+    }
+  }
+}
+
+void check_sampling_ratio(int64_t sampling_ratio, const char* op) {
+  TORCH_CHECK(sampling_ratio >= 0, op, ": expected sampling_ratio >= 0 (0 = adaptive), got ", sampling_ratio);
+}
+
+at::Tensor roi_align_forward_cuda(const at::Tensor& input_, const at::Tensor& rois_, double spatial_scale,
+                                  int64_t pooled_height, int64_t pooled_width, int64_t sampling_ratio) {
+  constexpr const char* op = "roi_align_forward";
+  check_roi_inputs(input_, rois_, pooled_height, pooled_width, spatial_scale, op);
+  check_sampling_ratio(sampling_ratio, op);
+  check_cuda_tensor(input_, "input", op);
+  const c10::cuda::CUDAGuard guard(input_.device());
+  const int64_t num_rois = rois_.size(0), channels = input_.size(1);
+  at::Tensor output = at::zeros({num_rois, channels, pooled_height, pooled_width}, input_.options());
+  if (output.numel() == 0) {
+    return output;
+  }
+  const at::Tensor input = input_.contiguous();
+  const at::Tensor rois = rois_.contiguous();
+  const int64_t total = output.numel();
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "roi_align_forward_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    roi_align_forward_kernel<scalar_t, acc_t><<<blocks_for(total), kThreadsPerBlock, 0, stream>>>(
+        total, input.data_ptr<scalar_t>(), rois.data_ptr<scalar_t>(), spatial_scale, input.size(0), channels,
+        input.size(2), input.size(3), pooled_height, pooled_width, sampling_ratio, output.data_ptr<scalar_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return output;
+}
+
+at::Tensor roi_align_backward_cuda(const at::Tensor& grad_, const at::Tensor& rois_, double spatial_scale,
+                                   int64_t pooled_height, int64_t pooled_width, int64_t batch_size,
+                                   int64_t channels, int64_t height, int64_t width, int64_t sampling_ratio) {
+  constexpr const char* op = "roi_align_backward";
+  check_roi_backward_inputs(grad_, rois_, pooled_height, pooled_width, spatial_scale, batch_size, channels,
+                            height, width, op);
+  check_sampling_ratio(sampling_ratio, op);
+  check_cuda_tensor(grad_, "grad", op);
+  const c10::cuda::CUDAGuard guard(grad_.device());
+  const at::ScalarType acc_type = grad_.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor grad_acc = at::zeros({batch_size, channels, height, width}, grad_.options().dtype(acc_type));
+  if (grad_.numel() == 0 || grad_acc.numel() == 0) {
+    return grad_acc.to(grad_.scalar_type());
+  }
+  const at::Tensor grad = grad_.contiguous();
+  const at::Tensor rois = rois_.contiguous();
+  const int64_t total = grad.numel();
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "roi_align_backward_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    roi_align_backward_kernel<scalar_t, acc_t><<<blocks_for(total), kThreadsPerBlock, 0, stream>>>(
+        total, grad.data_ptr<scalar_t>(), rois.data_ptr<scalar_t>(), spatial_scale, batch_size, channels, height,
+        width, pooled_height, pooled_width, sampling_ratio, grad_acc.data_ptr<acc_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return grad_acc.to(grad_.scalar_type());
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(faster_rcnn, CUDA, m) {
+  m.impl("roi_align_forward", &roi_align_forward_cuda);
+  m.impl("roi_align_backward", &roi_align_backward_cuda);
+}
+
+}  // namespace faster_rcnn

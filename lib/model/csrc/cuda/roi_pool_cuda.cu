@@ -1,0 +1,162 @@
+// Caffe max RoI pooling on the GPU, forward and backward, with the same geometry as cpu/roi_pool_cpu.cpp
+// (corners scaled in double and rounded half away from zero, so CPU and GPU pick the same cells).
+// One thread per output cell; half/bfloat16 are compared in float and the backward accumulates in float.
+// A roi whose batch index is out of range yields zeros (checking it on the host would need a sync).
+#include <torch/library.h>
+
+#include <limits>
+
+#include "../checks.h"
+#include "cuda_helpers.cuh"
+
+namespace faster_rcnn {
+
+namespace {
+
+template <typename scalar_t>
+__device__ inline int64_t roi_batch(const scalar_t* roi, int64_t batch_size) {
+  const double b = static_cast<double>(roi[0]);
+  return (b >= 0 && b < static_cast<double>(batch_size)) ? static_cast<int64_t>(b) : -1;
+}
+
+template <typename scalar_t, typename acc_t>
+__global__ void roi_pool_forward_kernel(int64_t total, const scalar_t* __restrict__ input,
+                                        const scalar_t* __restrict__ rois, double spatial_scale,
+                                        int64_t batch_size, int64_t channels, int64_t height, int64_t width,
+                                        int64_t pooled_height, int64_t pooled_width, scalar_t* __restrict__ output,
+                                        int32_t* __restrict__ argmax) {
+  for (int64_t index = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; index < total;
+       index += static_cast<int64_t>(blockDim.x) * gridDim.x) {
+    const int64_t pw = index % pooled_width;
+    const int64_t ph = (index / pooled_width) % pooled_height;
+    const int64_t c = (index / pooled_width / pooled_height) % channels;
+    const int64_t n = index / pooled_width / pooled_height / channels;
+    const scalar_t* roi = rois + n * 5;
+    const int64_t b = roi_batch(roi, batch_size);
+    const int64_t roi_start_w = llround(static_cast<double>(roi[1]) * spatial_scale);
+    const int64_t roi_start_h = llround(static_cast<double>(roi[2]) * spatial_scale);
+    const int64_t roi_end_w = llround(static_cast<double>(roi[3]) * spatial_scale);
+    const int64_t roi_end_h = llround(static_cast<double>(roi[4]) * spatial_scale);
+    const int64_t roi_width = max(roi_end_w - roi_start_w + 1, int64_t(1));
+    const int64_t roi_height = max(roi_end_h - roi_start_h + 1, int64_t(1));
+    const acc_t bin_h = static_cast<acc_t>(roi_height) / static_cast<acc_t>(pooled_height);
+    const acc_t bin_w = static_cast<acc_t>(roi_width) / static_cast<acc_t>(pooled_width);
+    int64_t hstart = static_cast<int64_t>(dev_floor(static_cast<acc_t>(ph) * bin_h));
+    int64_t wstart = static_cast<int64_t>(dev_floor(static_cast<acc_t>(pw) * bin_w));
+    int64_t hend = static_cast<int64_t>(dev_ceil(static_cast<acc_t>(ph + 1) * bin_h));
+    int64_t wend = static_cast<int64_t>(dev_ceil(static_cast<acc_t>(pw + 1) * bin_w));
+    hstart = min(max(hstart + roi_start_h, int64_t(0)), height);
+    hend = min(max(hend + roi_start_h, int64_t(0)), height);
+    wstart = min(max(wstart + roi_start_w, int64_t(0)), width);
+    wend = min(max(wend + roi_start_w, int64_t(0)), width);
+    acc_t best = 0;
+    int64_t best_index = -1;
+    if (b >= 0 && hend > hstart && wend > wstart) {
+      best = std::numeric_limits<acc_t>::lowest();
+      const scalar_t* plane = input + (b * channels + c) * height * width;
+      for (int64_t h = hstart; h < hend; ++h) {
+        for (int64_t w = wstart; w < wend; ++w) {
+          const acc_t v = static_cast<acc_t>(plane[h * width + w]);
+          if (v > best) {
+            best = v;
+            best_index = h * width + w;
+          }
+        }
+      }
+    }
+    output[index] = static_cast<scalar_t>(best);
+    argmax[index] = static_cast<int32_t>(best_index);
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+__global__ void roi_pool_backward_kernel(int64_t total, const scalar_t* __restrict__ grad,
+                                         const scalar_t* __restrict__ rois, const int32_t* __restrict__ argmax,
+                                         int64_t batch_size, int64_t channels, int64_t height, int64_t width,
+                                         int64_t pooled_height, int64_t pooled_width, acc_t* __restrict__ grad_input) {
+  for (int64_t index = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; index < total;
+       index += static_cast<int64_t>(blockDim.x) * gridDim.x) {
+    const int32_t a = argmax[index];
+    if (a < 0) {
+      continue;
+    }
+    const int64_t c = (index / pooled_width / pooled_height) % channels;
+    const int64_t n = index / pooled_width / pooled_height / channels;
+    const int64_t b = roi_batch(rois + n * 5, batch_size);
+    if (b < 0) {
+      continue;
+    }
+    atomicAdd(grad_input + (b * channels + c) * height * width + a, static_cast<acc_t>(grad[index]));
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> roi_pool_forward_cuda(const at::Tensor& input_, const at::Tensor& rois_,
+                                                         double spatial_scale, int64_t pooled_height,
+                                                         int64_t pooled_width) {
+  constexpr const char* op = "roi_pool_forward";
+  check_roi_inputs(input_, rois_, pooled_height, pooled_width, spatial_scale, op);
+  check_cuda_tensor(input_, "input", op);
+  const c10::cuda::CUDAGuard guard(input_.device());
+  const int64_t num_rois = rois_.size(0), channels = input_.size(1);
+  at::Tensor output = at::zeros({num_rois, channels, pooled_height, pooled_width}, input_.options());
+  at::Tensor argmax = at::full({num_rois, channels, pooled_height, pooled_width}, -1,
+                               input_.options().dtype(at::kInt));
+  if (output.numel() == 0) {
+    return {output, argmax};
+  }
+  const at::Tensor input = input_.contiguous();
+  const at::Tensor rois = rois_.contiguous();
+  const int64_t total = output.numel();
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "roi_pool_forward_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    roi_pool_forward_kernel<scalar_t, acc_t><<<blocks_for(total), kThreadsPerBlock, 0, stream>>>(
+        total, input.data_ptr<scalar_t>(), rois.data_ptr<scalar_t>(), spatial_scale, input.size(0), channels,
+        input.size(2), input.size(3), pooled_height, pooled_width, output.data_ptr<scalar_t>(),
+        argmax.data_ptr<int32_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {output, argmax};
+}
+
+at::Tensor roi_pool_backward_cuda(const at::Tensor& grad_, const at::Tensor& rois_, const at::Tensor& argmax_,
+                                  double spatial_scale, int64_t pooled_height, int64_t pooled_width,
+                                  int64_t batch_size, int64_t channels, int64_t height, int64_t width) {
+  constexpr const char* op = "roi_pool_backward";
+  check_roi_backward_inputs(grad_, rois_, pooled_height, pooled_width, spatial_scale, batch_size, channels,
+                            height, width, op);
+  check_cuda_tensor(grad_, "grad", op);
+  TORCH_CHECK(argmax_.scalar_type() == at::kInt && argmax_.sizes() == grad_.sizes(), op,
+              ": expected an int32 argmax of shape ", grad_.sizes(), ", got ", argmax_.scalar_type(), " ",
+              argmax_.sizes());
+  TORCH_CHECK(argmax_.device() == grad_.device(), op, ": expected argmax on ", grad_.device(), ", got ",
+              argmax_.device());
+  const c10::cuda::CUDAGuard guard(grad_.device());
+  const at::ScalarType acc_type = grad_.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor grad_acc = at::zeros({batch_size, channels, height, width}, grad_.options().dtype(acc_type));
+  if (grad_.numel() == 0 || grad_acc.numel() == 0) {
+    return grad_acc.to(grad_.scalar_type());
+  }
+  const at::Tensor grad = grad_.contiguous();
+  const at::Tensor rois = rois_.contiguous();
+  const at::Tensor argmax = argmax_.contiguous();
+  const int64_t total = grad.numel();
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "roi_pool_backward_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    roi_pool_backward_kernel<scalar_t, acc_t><<<blocks_for(total), kThreadsPerBlock, 0, stream>>>(
+        total, grad.data_ptr<scalar_t>(), rois.data_ptr<scalar_t>(), argmax.data_ptr<int32_t>(), batch_size,
+        channels, height, width, pooled_height, pooled_width, grad_acc.data_ptr<acc_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return grad_acc.to(grad_.scalar_type());
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(faster_rcnn, CUDA, m) {
+  m.impl("roi_pool_forward", &roi_pool_forward_cuda);
+  m.impl("roi_pool_backward", &roi_pool_backward_cuda);
+}
+
+}  // namespace faster_rcnn
