@@ -1,8 +1,8 @@
 // Bilinear RoIAlign on the CPU, forward and backward, with the original's aligned=False geometry: corners are
 // scaled without a half-pixel shift, the roi is at least 1x1 feature cells, and sampling_ratio 0 takes
 // ceil(roi_size / pooled_size) samples per bin side. Each output is the mean of its bin's samples.
-// Both passes first turn one roi into a table of (4 positions, 4 weights) per sample, then sweep channels
-// with it: the geometry is computed once per roi instead of once per roi and channel.
+// Both passes first turn each roi into a table of (4 positions, 4 weights) per sample, then sweep channels
+// with it: the geometry is computed once per roi (per thread) instead of once per roi and channel.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -97,6 +97,33 @@ RoiGeometry<scalar_t> roi_align_samples(const scalar_t* roi, double spatial_scal
   return geo;
 }
 
+// Rois and channels are swept in blocks: one channel plane stays in L1 while all rois of a block read it,
+// and the block's sample tables stay in L2, instead of every roi streaming every plane from memory.
+constexpr int64_t kRoiBlock = 32;
+constexpr int64_t kChannelBlock = 64;
+
+template <typename scalar_t>
+struct RoiBlockTables {
+  int64_t first = -1, last = -1;  // rois [first, last) are tabulated
+  std::vector<std::vector<Sample<scalar_t>>> samples;
+  std::vector<RoiGeometry<scalar_t>> geometry;
+
+  void build(const scalar_t* rois, int64_t n0, int64_t n1, double spatial_scale, int64_t pooled_height,
+             int64_t pooled_width, int64_t sampling_ratio, int64_t height, int64_t width) {
+    if (n0 == first && n1 == last) {
+      return;
+    }
+    samples.resize(n1 - n0);
+    geometry.resize(n1 - n0);
+    for (int64_t n = n0; n < n1; ++n) {
+      geometry[n - n0] = roi_align_samples(rois + n * 5, spatial_scale, pooled_height, pooled_width,
+                                           sampling_ratio, height, width, samples[n - n0]);
+    }
+    first = n0;
+    last = n1;
+  }
+};
+
 void check_cpu_tensor(const at::Tensor& t, const char* what, const char* op) {
   TORCH_CHECK(t.is_cpu(), op, ": expected CPU tensors, got ", what, " on ", t.device());
   TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, op,
@@ -140,26 +167,34 @@ at::Tensor roi_align_forward_cpu(const at::Tensor& input_, const at::Tensor& roi
     const scalar_t* rp = rois.data_ptr<scalar_t>();
     scalar_t* out = output.data_ptr<scalar_t>();
     const std::vector<int64_t> batch = batch_indices(rp, num_rois, batch_size, op);
-    at::parallel_for(0, num_rois, 1, [&](int64_t begin, int64_t end) {
-      std::vector<Sample<scalar_t>> samples;
-      for (int64_t n = begin; n < end; ++n) {
-        const auto geo = roi_align_samples(rp + n * 5, spatial_scale, pooled_height, pooled_width,
-                                           sampling_ratio, height, width, samples);
-        const int64_t per_bin = geo.grid_h * geo.grid_w;
-        for (int64_t c = 0; c < channels; ++c) {
-          const scalar_t* plane = in + (batch[n] * channels + c) * height * width;
-          scalar_t* o = out + (n * channels + c) * bins_per_roi;
-          const Sample<scalar_t>* s = samples.data();
-          for (int64_t p = 0; p < bins_per_roi; ++p) {
-            scalar_t acc = 0;
-            for (int64_t i = 0; i < per_bin; ++i, ++s) {
-              if (s->pos[0] < 0) {
-                continue;
+    const int64_t roi_blocks = (num_rois + kRoiBlock - 1) / kRoiBlock;
+    const int64_t channel_blocks = (channels + kChannelBlock - 1) / kChannelBlock;
+    // Tasks are (roi block, channel block) pairs, roi block major, so a thread's consecutive tasks reuse
+    // the sample tables it built.
+    at::parallel_for(0, roi_blocks * channel_blocks, 1, [&](int64_t begin, int64_t end) {
+      RoiBlockTables<scalar_t> tables;
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t n0 = (task / channel_blocks) * kRoiBlock, n1 = std::min(n0 + kRoiBlock, num_rois);
+        const int64_t c0 = (task % channel_blocks) * kChannelBlock, c1 = std::min(c0 + kChannelBlock, channels);
+        tables.build(rp, n0, n1, spatial_scale, pooled_height, pooled_width, sampling_ratio, height, width);
+        for (int64_t c = c0; c < c1; ++c) {
+          for (int64_t n = n0; n < n1; ++n) {
+            const scalar_t* plane = in + (batch[n] * channels + c) * height * width;
+            scalar_t* o = out + (n * channels + c) * bins_per_roi;
+            const auto& geo = tables.geometry[n - n0];
+            const int64_t per_bin = geo.grid_h * geo.grid_w;
+            const Sample<scalar_t>* smp = tables.samples[n - n0].data();
+            for (int64_t p = 0; p < bins_per_roi; ++p) {
+              scalar_t acc = 0;
+              for (int64_t i = 0; i < per_bin; ++i, ++smp) {
+                if (smp->pos[0] < 0) {
+                  continue;
+                }
+                acc += smp->w[0] * plane[smp->pos[0]] + smp->w[1] * plane[smp->pos[1]] +
+                       smp->w[2] * plane[smp->pos[2]] + smp->w[3] * plane[smp->pos[3]];
               }
-              acc += s->w[0] * plane[s->pos[0]] + s->w[1] * plane[s->pos[1]] + s->w[2] * plane[s->pos[2]] +
-                     s->w[3] * plane[s->pos[3]];
+              o[p] = acc / geo.count;
             }
-            o[p] = acc / geo.count;
           }
         }
       }
@@ -189,28 +224,31 @@ at::Tensor roi_align_backward_cpu(const at::Tensor& grad_, const at::Tensor& roi
     const scalar_t* rp = rois.data_ptr<scalar_t>();
     scalar_t* gi = grad_input.data_ptr<scalar_t>();
     const std::vector<int64_t> batch = batch_indices(rp, num_rois, batch_size, op);
-    // Each thread owns a range of channels of grad_input, so the scatter needs no atomics; the per-roi
-    // sample table is rebuilt by every thread, which is cheap next to the channel sweep.
-    at::parallel_for(0, channels, 1, [&](int64_t c_begin, int64_t c_end) {
-      std::vector<Sample<scalar_t>> samples;
-      for (int64_t n = 0; n < num_rois; ++n) {
-        const auto geo = roi_align_samples(rp + n * 5, spatial_scale, pooled_height, pooled_width,
-                                           sampling_ratio, height, width, samples);
-        const int64_t per_bin = geo.grid_h * geo.grid_w;
+    // Each thread owns a range of channels of grad_input, so the scatter needs no atomics; every thread
+    // builds the sample tables itself, which is cheap next to the channel sweep.
+    at::parallel_for(0, channels, kChannelBlock, [&](int64_t c_begin, int64_t c_end) {
+      RoiBlockTables<scalar_t> tables;
+      for (int64_t n0 = 0; n0 < num_rois; n0 += kRoiBlock) {
+        const int64_t n1 = std::min(n0 + kRoiBlock, num_rois);
+        tables.build(rp, n0, n1, spatial_scale, pooled_height, pooled_width, sampling_ratio, height, width);
         for (int64_t c = c_begin; c < c_end; ++c) {
-          scalar_t* plane = gi + (batch[n] * channels + c) * height * width;
-          const scalar_t* go = g + (n * channels + c) * bins_per_roi;
-          const Sample<scalar_t>* s = samples.data();
-          for (int64_t p = 0; p < bins_per_roi; ++p) {
-            const scalar_t gb = go[p] / geo.count;
-            for (int64_t i = 0; i < per_bin; ++i, ++s) {
-              if (s->pos[0] < 0) {
-                continue;
+          for (int64_t n = n0; n < n1; ++n) {
+            scalar_t* plane = gi + (batch[n] * channels + c) * height * width;
+            const scalar_t* go = g + (n * channels + c) * bins_per_roi;
+            const auto& geo = tables.geometry[n - n0];
+            const int64_t per_bin = geo.grid_h * geo.grid_w;
+            const Sample<scalar_t>* smp = tables.samples[n - n0].data();
+            for (int64_t p = 0; p < bins_per_roi; ++p) {
+              const scalar_t gb = go[p] / geo.count;
+              for (int64_t i = 0; i < per_bin; ++i, ++smp) {
+                if (smp->pos[0] < 0) {
+                  continue;
+                }
+                plane[smp->pos[0]] += gb * smp->w[0];
+                plane[smp->pos[1]] += gb * smp->w[1];
+                plane[smp->pos[2]] += gb * smp->w[2];
+                plane[smp->pos[3]] += gb * smp->w[3];
               }
-              plane[s->pos[0]] += gb * s->w[0];
-              plane[s->pos[1]] += gb * s->w[1];
-              plane[s->pos[2]] += gb * s->w[2];
-              plane[s->pos[3]] += gb * s->w[3];
             }
           }
         }

@@ -18,6 +18,10 @@ namespace faster_rcnn {
 
 namespace {
 
+// Rois and channels are swept in blocks so that a channel plane stays in L1 while a block of rois reads it.
+constexpr int64_t kRoiBlock = 32;
+constexpr int64_t kChannelBlock = 64;
+
 void check_cpu_roi_tensor(const at::Tensor& t, const char* what, const char* op) {
   TORCH_CHECK(t.is_cpu(), op, ": expected CPU tensors, got ", what, " on ", t.device());
   TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, op,
@@ -91,32 +95,45 @@ std::tuple<at::Tensor, at::Tensor> roi_pool_forward_cpu(const at::Tensor& input_
     scalar_t* out = output.data_ptr<scalar_t>();
     int32_t* am = argmax.data_ptr<int32_t>();
     const std::vector<int64_t> batch = roi_batch_indices(rp, num_rois, batch_size, op);
-    at::parallel_for(0, num_rois, 1, [&](int64_t begin, int64_t end) {
-      std::vector<std::array<int64_t, 4>> bins;
-      for (int64_t n = begin; n < end; ++n) {
-        roi_pool_bins(rp + n * 5, spatial_scale, pooled_height, pooled_width, height, width, bins);
-        for (int64_t c = 0; c < channels; ++c) {
-          const scalar_t* plane = in + (batch[n] * channels + c) * height * width;
-          scalar_t* o = out + (n * channels + c) * bins_per_roi;
-          int32_t* a = am + (n * channels + c) * bins_per_roi;
-          for (int64_t p = 0; p < bins_per_roi; ++p) {
-            const auto& bin = bins[p];
-            if (bin[1] <= bin[0] || bin[3] <= bin[2]) {
-              continue;  // empty bin: output stays 0, argmax -1
-            }
-            scalar_t best = std::numeric_limits<scalar_t>::lowest();
-            int64_t best_index = -1;
-            for (int64_t h = bin[0]; h < bin[1]; ++h) {
-              for (int64_t w = bin[2]; w < bin[3]; ++w) {
-                const int64_t index = h * width + w;
-                if (plane[index] > best) {
-                  best = plane[index];
-                  best_index = index;
+    const int64_t roi_blocks = (num_rois + kRoiBlock - 1) / kRoiBlock;
+    const int64_t channel_blocks = (channels + kChannelBlock - 1) / kChannelBlock;
+    // Tasks are (roi block, channel block) pairs; within one, a channel plane stays in L1 for all its rois.
+    at::parallel_for(0, roi_blocks * channel_blocks, 1, [&](int64_t begin, int64_t end) {
+      std::vector<std::vector<std::array<int64_t, 4>>> bins(kRoiBlock);
+      int64_t tabulated = -1;
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t n0 = (task / channel_blocks) * kRoiBlock, n1 = std::min(n0 + kRoiBlock, num_rois);
+        const int64_t c0 = (task % channel_blocks) * kChannelBlock, c1 = std::min(c0 + kChannelBlock, channels);
+        if (tabulated != n0) {
+          for (int64_t n = n0; n < n1; ++n) {
+            roi_pool_bins(rp + n * 5, spatial_scale, pooled_height, pooled_width, height, width, bins[n - n0]);
+          }
+          tabulated = n0;
+        }
+        for (int64_t c = c0; c < c1; ++c) {
+          for (int64_t n = n0; n < n1; ++n) {
+            const scalar_t* plane = in + (batch[n] * channels + c) * height * width;
+            scalar_t* o = out + (n * channels + c) * bins_per_roi;
+            int32_t* a = am + (n * channels + c) * bins_per_roi;
+            for (int64_t p = 0; p < bins_per_roi; ++p) {
+              const auto& bin = bins[n - n0][p];
+              if (bin[1] <= bin[0] || bin[3] <= bin[2]) {
+                continue;  // empty bin: output stays 0, argmax -1
+              }
+              scalar_t best = std::numeric_limits<scalar_t>::lowest();
+              int64_t best_index = -1;
+              for (int64_t h = bin[0]; h < bin[1]; ++h) {
+                for (int64_t w = bin[2]; w < bin[3]; ++w) {
+                  const int64_t index = h * width + w;
+                  if (plane[index] > best) {
+                    best = plane[index];
+                    best_index = index;
+                  }
                 }
               }
+              o[p] = best;
+              a[p] = static_cast<int32_t>(best_index);
             }
-            o[p] = best;
-            a[p] = static_cast<int32_t>(best_index);
           }
         }
       }
@@ -151,9 +168,10 @@ at::Tensor roi_pool_backward_cpu(const at::Tensor& grad_, const at::Tensor& rois
     scalar_t* gi = grad_input.data_ptr<scalar_t>();
     const std::vector<int64_t> batch = roi_batch_indices(rois.data_ptr<scalar_t>(), num_rois, batch_size, op);
     // Each thread owns a range of channels of grad_input, so the scatter needs no atomics.
-    at::parallel_for(0, channels, 1, [&](int64_t c_begin, int64_t c_end) {
-      for (int64_t n = 0; n < num_rois; ++n) {
-        for (int64_t c = c_begin; c < c_end; ++c) {
+    // Channel-major so each grad_input plane stays in L1 while every roi scatters into it.
+    at::parallel_for(0, channels, kChannelBlock, [&](int64_t c_begin, int64_t c_end) {
+      for (int64_t c = c_begin; c < c_end; ++c) {
+        for (int64_t n = 0; n < num_rois; ++n) {
           scalar_t* plane = gi + (batch[n] * channels + c) * height * width;
           const scalar_t* go = g + (n * channels + c) * bins_per_roi;
           const int32_t* a = am + (n * channels + c) * bins_per_roi;
