@@ -8,6 +8,7 @@
 #include <c10/cuda/CUDAStream.h>
 
 #include <algorithm>
+#include <limits>
 
 namespace faster_rcnn {
 
@@ -16,6 +17,11 @@ constexpr int kThreadsPerBlock = 256;
 inline unsigned int blocks_for(int64_t n) {
   // A grid-stride loop covers whatever the grid cap leaves out.
   return static_cast<unsigned int>(std::min<int64_t>((n + kThreadsPerBlock - 1) / kThreadsPerBlock, 65535 * 8));
+}
+
+// Whether a grid-stride loop over total elements can use 32-bit indices without overflowing.
+inline bool fits_int32(int64_t total) {
+  return total <= std::numeric_limits<int32_t>::max() - int64_t(65535) * 8 * kThreadsPerBlock;
 }
 
 __device__ inline float dev_floor(float x) { return floorf(x); }

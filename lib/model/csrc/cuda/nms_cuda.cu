@@ -82,15 +82,26 @@ __global__ void nms_sweep_kernel(int64_t n, int64_t num_words, const unsigned lo
   if (threadIdx.x == 0) {
     s_count = 0;
   }
+  // Diagonal words (which later boxes of a word each box of that word suppresses) do not depend on the
+  // sweep's state, so warp 0 loads the next word's while the block works on the current one.
+  const int lane = threadIdx.x & 31;
+  const auto load_diagonal = [&](int64_t word, unsigned long long& lo, unsigned long long& hi) {
+    const int64_t base = word * kBoxesPerWord;
+    const int64_t rows = min(n - base, int64_t(kBoxesPerWord));
+    lo = (word < num_words && lane < rows) ? mask[(base + lane) * num_words + word] : 0ULL;
+    hi = (word < num_words && lane + 32 < rows) ? mask[(base + lane + 32) * num_words + word] : 0ULL;
+  };
+  unsigned long long next_lo = 0, next_hi = 0;
+  if (threadIdx.x < 32) {
+    load_diagonal(0, next_lo, next_hi);
+  }
   __syncthreads();
   for (int64_t word = 0; word < num_words; ++word) {
     if (threadIdx.x < 32) {
-      const int lane = threadIdx.x;
       const int64_t base = word * kBoxesPerWord;
       const int rows = static_cast<int>(min(n - base, int64_t(kBoxesPerWord)));
-      // Diagonal words: which later boxes of this word each box of this word suppresses.
-      const unsigned long long diag_lo = lane < rows ? mask[(base + lane) * num_words + word] : 0ULL;
-      const unsigned long long diag_hi = lane + 32 < rows ? mask[(base + lane + 32) * num_words + word] : 0ULL;
+      const unsigned long long diag_lo = next_lo, diag_hi = next_hi;
+      load_diagonal(word + 1, next_lo, next_hi);
       const unsigned long long valid = rows == kBoxesPerWord ? ~0ULL : (1ULL << rows) - 1;
       unsigned long long rem = *reinterpret_cast<volatile unsigned long long*>(&removed[word]);
       const int64_t count = s_count;
@@ -128,10 +139,11 @@ __global__ void nms_sweep_kernel(int64_t n, int64_t num_words, const unsigned lo
       break;
     }
     // OR the rows of this word's kept boxes into the removed bits of every later word.
-    const int64_t later = num_words - word - 1;
-    const int64_t items = later * block_kept;
-    for (int64_t item = threadIdx.x; item < items; item += blockDim.x) {
-      const int64_t k = item / later;
+    // (num_words <= 65535 and block_kept <= 64, so 32-bit index math suffices.)
+    const int later = static_cast<int>(num_words - word - 1);
+    const int items = later * block_kept;
+    for (int item = threadIdx.x; item < items; item += blockDim.x) {
+      const int k = item / later;
       const int64_t w = word + 1 + item % later;
       const unsigned long long bits = mask[s_kept_rows[k] * num_words + w];
       if (bits != 0) {
