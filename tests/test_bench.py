@@ -1,0 +1,50 @@
+"""Smoke test of tools/bench.py at CI size: every section runs on the CPU and prints its rows."""
+import importlib.util
+import json
+import os.path as osp
+
+import pytest
+
+ROOT = osp.abspath(osp.join(osp.dirname(__file__), '..'))
+
+
+@pytest.fixture(scope='module')
+def bench():
+    spec = importlib.util.spec_from_file_location('bench', osp.join(ROOT, 'tools', 'bench.py'))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_bench_cpu_smoke(bench, tmp_path, capsys):
+    out = tmp_path / 'bench.json'
+    results = bench.main(['--device', 'cpu', '--quick', '--net', 'res18', '--height', '64', '--width', '96',
+                          '--bs', '1', '--iters', '1', '--warmup', '0', '--nw', '0', '--loader_batches', '3',
+                          '--json', str(out)])
+    printed = capsys.readouterr().out
+    assert printed.startswith('device: ')
+    sections = [r['section'] for r in results]
+    assert sections.count('train') == 1 and sections.count('test') == 1 and sections.count('loader') == 1
+    assert {r['op'] for r in results if r['section'] == 'ops'} >= {'nms', 'roi_pool'}
+    for r in results:
+        if r['section'] in ('train', 'test'):
+            assert r['ours']['ms'] > 0 and r['torchvision']['ms'] > 0
+            assert r['speedup'] == pytest.approx(r['torchvision']['ms'] / r['ours']['ms'])
+            assert f"speedup x{r['speedup']:.2f}" in printed
+        elif r['section'] == 'loader':
+            assert r['img_s'] > 0 and 'loader  bs 1 nw 0' in printed
+    saved = json.loads(out.read_text())
+    assert saved['device'] == bench.device_name(bench.torch.device('cpu'))
+    assert len(saved['results']) == len(results)
+
+
+def test_torchvision_reference_has_the_originals_shape(bench):
+    from lib.model.utils.config import cfg
+    model = bench.build_torchvision_c4(21, 600, 1000, depth=18)
+    assert model.rpn._pre_nms_top_n == {'training': cfg.TRAIN.RPN_PRE_NMS_TOP_N, 'testing': cfg.TEST.RPN_PRE_NMS_TOP_N}
+    assert model.rpn._post_nms_top_n == {'training': cfg.TRAIN.RPN_POST_NMS_TOP_N,
+                                         'testing': cfg.TEST.RPN_POST_NMS_TOP_N}
+    assert model.roi_heads.fg_bg_sampler.batch_size_per_image == cfg.TRAIN.BATCH_SIZE
+    assert model.roi_heads.nms_thresh == cfg.TEST.NMS and model.roi_heads.detections_per_img == 100
+    assert model.rpn.anchor_generator.sizes == ((128, 256, 512),)
+    assert model.roi_heads.box_predictor.cls_score.in_features == 512  # resnet18 layer4 width

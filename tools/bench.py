@@ -1,0 +1,304 @@
+"""Benchmark suite: this project's Faster R-CNN against torchvision's, side by side, in one run on one device.
+
+Sections (all on the same device, same inputs, printed as one table with ratios):
+  train   training step, res101 C4, batch 1 and 4, fp32 and bf16 autocast: ms/iter, img/s, peak memory
+  test    ms/image at batch 1 including post-processing (per-class NMS at TEST.NMS, top 100)
+  ops     NMS / ROIPool / ROIAlign against torchvision.ops (tools/bench_ops.py)
+  loader  the data loader alone (img/s with --nw workers) on the synthetic shapes set
+
+    python tools/bench.py --device cuda                 # the full GPU run recorded in docs/BENCHMARKS.md
+    python tools/bench.py --device cpu --quick          # small sizes, runs (slowly) anywhere
+"""
+import argparse
+import json
+import os
+import os.path as osp
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn as nn
+
+ROOT = osp.abspath(osp.join(osp.dirname(__file__), '..'))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+sys.path.insert(0, osp.join(ROOT, 'tools'))
+import bench_ops  # noqa: E402  (the operator section, and the shared timing helpers)
+from bench_ops import device_name  # noqa: E402
+from lib.model.utils.config import cfg, cfg_from_file, cfg_from_list  # noqa: E402
+
+
+def time_ms(fn, device, warmup, iters):
+    """Median time of fn() in ms after warm-up: CUDA events on a GPU, perf_counter elsewhere."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iters):
+        if device.type == 'cuda':
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1000.0)
+    return statistics.median(times)
+
+
+def reset_peak(device):
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_mb(device):
+    if device.type == 'cuda':
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    return float('nan')
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The two models
+# ----------------------------------------------------------------------------------------------------------------
+
+def build_torchvision_c4(num_classes, min_size, max_size, depth=101):
+    """torchvision's FasterRCNN in the original's shape: ResNet-<depth> C4 (conv1..layer3 backbone, layer4 head),
+    anchors 128/256/512 x {0.5, 1, 2}, 12000/2000 train and 6000/300 test proposals, 128 RoIs per image,
+    frozen BN and frozen conv1+layer1 (as RESNET.FIXED_BLOCKS 1), TEST.NMS 0.3, top 100."""
+    import torchvision.models as tvm
+    from torchvision.models.detection import FasterRCNN
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
+    from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign
+
+    r = getattr(tvm, f'resnet{depth}')(weights=None, norm_layer=FrozenBatchNorm2d)
+    c4 = r.layer3[-1].conv3.out_channels if depth >= 50 else r.layer3[-1].conv2.out_channels
+    backbone = nn.Sequential(r.conv1, r.bn1, r.relu, r.maxpool, r.layer1, r.layer2, r.layer3)
+    for m in [r.conv1, r.layer1]:
+        for p in m.parameters():
+            p.requires_grad_(False)
+    backbone.out_channels = c4
+    head = nn.Sequential(r.layer4, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    return FasterRCNN(
+        backbone, num_classes=None, min_size=min_size, max_size=max_size,
+        rpn_anchor_generator=AnchorGenerator(sizes=((128, 256, 512),), aspect_ratios=((0.5, 1.0, 2.0),)),
+        rpn_pre_nms_top_n_train=cfg.TRAIN.RPN_PRE_NMS_TOP_N, rpn_post_nms_top_n_train=cfg.TRAIN.RPN_POST_NMS_TOP_N,
+        rpn_pre_nms_top_n_test=cfg.TEST.RPN_PRE_NMS_TOP_N, rpn_post_nms_top_n_test=cfg.TEST.RPN_POST_NMS_TOP_N,
+        box_roi_pool=MultiScaleRoIAlign(['0'], output_size=cfg.POOLING_SIZE, sampling_ratio=0),
+        box_head=head, box_predictor=FastRCNNPredictor(2 * c4, num_classes),
+        box_batch_size_per_image=cfg.TRAIN.BATCH_SIZE, box_score_thresh=0.0, box_nms_thresh=cfg.TEST.NMS,
+        box_detections_per_img=100)
+
+
+def build_ours(num_classes, net):
+    from lib.model.faster_rcnn.resnet import resnet
+    classes = ['__background__'] + [f'c{i}' for i in range(1, num_classes)]
+    model = resnet(classes, int(net[3:]), pretrained=False, class_agnostic=False)
+    model.create_architecture()
+    return model
+
+
+def make_inputs(bs, h, w, num_gt, num_classes, device, seed=0):
+    """Identical images and boxes for both models: ours as (im_data, im_info, gt_boxes, num_boxes), torchvision's
+    as (list of images, list of target dicts)."""
+    g = torch.Generator().manual_seed(seed)
+    images = torch.rand(bs, 3, h, w, generator=g) * 255 - 128
+    x1 = torch.rand(bs, num_gt, generator=g) * (w * 0.6)
+    y1 = torch.rand(bs, num_gt, generator=g) * (h * 0.6)
+    bw = 32 + torch.rand(bs, num_gt, generator=g) * (w * 0.4 - 32)
+    bh = 32 + torch.rand(bs, num_gt, generator=g) * (h * 0.4 - 32)
+    labels = torch.randint(1, num_classes, (bs, num_gt), generator=g)
+    boxes = torch.stack([x1, y1, x1 + bw, y1 + bh], dim=2)
+    gt = torch.zeros(bs, cfg.MAX_NUM_GT_BOXES, 5)
+    gt[:, :num_gt, :4] = boxes
+    gt[:, :num_gt, 4] = labels.float()
+    ours = (images.to(device), torch.tensor([[h, w, 1.0]] * bs, device=device), gt.to(device),
+            torch.full((bs,), num_gt, dtype=torch.long, device=device))
+    tv_images = [im.to(device) for im in images]
+    tv_targets = [{'boxes': boxes[i].to(device), 'labels': labels[i].to(device)} for i in range(bs)]
+    return ours, (tv_images, tv_targets)
+
+
+def sgd_for(model):
+    return torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
+
+
+def autocast_ctx(device, amp):
+    if amp == 'bf16':
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return torch.autocast(device.type, enabled=False)
+
+
+def bench_train(args, device, num_classes, results):
+    for bs in args.bs:
+        for amp in args.amp:
+            ours_in, tv_in = make_inputs(bs, args.height, args.width, 4, num_classes, device)
+            row = {'section': 'train', 'bs': bs, 'amp': amp}
+            for kind in ('ours', 'torchvision'):
+                torch.manual_seed(0)
+                if kind == 'ours':
+                    model = build_ours(num_classes, args.net).to(device).train()
+
+                    def step(model=model, opt=None):
+                        with autocast_ctx(device, amp):
+                            out = model(*ours_in)
+                            loss = out.rpn_loss_cls.mean() + out.rpn_loss_bbox.mean() + \
+                                out.RCNN_loss_cls.mean() + out.RCNN_loss_bbox.mean()
+                        step.opt.zero_grad(set_to_none=True)
+                        loss.backward()
+                        step.opt.step()
+                else:
+                    model = build_torchvision_c4(num_classes, args.height, args.width, int(args.net[3:]))
+                    model = model.to(device).train()
+
+                    def step(model=model):
+                        with autocast_ctx(device, amp):
+                            loss = sum(model(*tv_in).values())
+                        step.opt.zero_grad(set_to_none=True)
+                        loss.backward()
+                        step.opt.step()
+                step.opt = sgd_for(model)
+                reset_peak(device)
+                ms = time_ms(step, device, args.warmup, args.iters)
+                row[kind] = {'ms': ms, 'img_s': bs * 1000.0 / ms, 'peak_mb_per_img': peak_mb(device) / bs}
+                del model, step
+            row['speedup'] = row['torchvision']['ms'] / row['ours']['ms']
+            results.append(row)
+            print_row(row)
+
+
+def bench_test(args, device, num_classes, results):
+    from lib.model.utils.test_utils import im_detect, postprocess_detections
+    for amp in args.amp:
+        ours_in, tv_in = make_inputs(1, args.height, args.width, 4, num_classes, device)
+        row = {'section': 'test', 'bs': 1, 'amp': amp}
+        torch.manual_seed(0)
+        ours = build_ours(num_classes, args.net).to(device).eval()
+        tv = build_torchvision_c4(num_classes, args.height, args.width, int(args.net[3:])).to(device).eval()
+
+        @torch.no_grad()
+        def run_ours():
+            with autocast_ctx(device, amp):
+                scores, boxes = im_detect(ours, ours_in[0], ours_in[1])
+            return postprocess_detections(scores[0], boxes[0], thresh=0.0, nms_thresh=cfg.TEST.NMS,
+                                          max_per_image=100)
+
+        @torch.no_grad()
+        def run_tv():
+            with autocast_ctx(device, amp):
+                return tv(tv_in[0])
+        for kind, fn in (('ours', run_ours), ('torchvision', run_tv)):
+            reset_peak(device)
+            ms = time_ms(fn, device, args.warmup, args.iters)
+            row[kind] = {'ms': ms, 'img_s': 1000.0 / ms, 'peak_mb_per_img': peak_mb(device)}
+        row['speedup'] = row['torchvision']['ms'] / row['ours']['ms']
+        results.append(row)
+        print_row(row)
+
+
+def bench_loader(args, results):
+    from torch.utils.data import DataLoader
+
+    from lib.roi_data_layer.roibatchLoader import roibatchLoader
+    from lib.roi_data_layer.roidb import combined_roidb
+    from lib.roi_data_layer.sampler import sampler
+    imdb, roidb, ratio_list, ratio_index = combined_roidb('shapes_trainval')
+    bs = max(args.bs)
+    dataset = roibatchLoader(roidb, ratio_list, ratio_index, bs, imdb.num_classes, training=True)
+    loader = DataLoader(dataset, batch_size=bs, sampler=sampler(len(roidb), bs), num_workers=args.nw,
+                        pin_memory=torch.cuda.is_available(), persistent_workers=args.nw > 0)
+    n_batches = min(args.loader_batches, len(loader))
+    it = iter(loader)
+    next(it)  # worker start-up is not what is measured
+    t0 = time.perf_counter()
+    for _ in range(n_batches - 1):
+        next(it)
+    dt = time.perf_counter() - t0
+    row = {'section': 'loader', 'bs': bs, 'nw': args.nw, 'img_s': (n_batches - 1) * bs / max(dt, 1e-9),
+           'scales': list(cfg.TRAIN.SCALES), 'max_size': cfg.TRAIN.MAX_SIZE}
+    results.append(row)
+    print(f"loader  bs {bs} nw {args.nw} scale {row['scales']}: {row['img_s']:.1f} img/s")
+
+
+def bench_ops_section(args, device, results):
+    rows = bench_ops.bench_nms(device, args.quick) + bench_ops.bench_roi_ops(device, args.quick)
+    for r in rows:
+        r['section'] = 'ops'
+        r['ratio'] = r['ours_ms'] / r['torchvision_ms']
+        print(f"ops    {r['op']:<28} {r['case']:<32} ours {r['ours_ms']:9.2f} ms | torchvision "
+              f"{r['torchvision_ms']:9.2f} ms | ratio {r['ratio']:.2f}x", flush=True)
+    results.extend(rows)
+
+
+def print_row(row):
+    o, t = row['ours'], row['torchvision']
+    print(f"{row['section']:<6} bs {row['bs']} {row['amp']:<5}  ours {o['ms']:9.2f} ms {o['img_s']:7.2f} img/s "
+          f"{o['peak_mb_per_img']:8.0f} MB/img | torchvision {t['ms']:9.2f} ms {t['img_s']:7.2f} img/s "
+          f"{t['peak_mb_per_img']:8.0f} MB/img | speedup x{row['speedup']:.2f}", flush=True)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    p.add_argument('--sections', default='train,test,ops,loader')
+    p.add_argument('--net', default='res101', choices=['res18', 'res34', 'res50', 'res101', 'res152'])
+    p.add_argument('--bs', type=int, nargs='+', default=None, help='batch sizes (default 1 4)')
+    p.add_argument('--amp', nargs='+', default=None, choices=['fp32', 'bf16'])
+    p.add_argument('--height', type=int, default=None)
+    p.add_argument('--width', type=int, default=None)
+    p.add_argument('--warmup', type=int, default=None)
+    p.add_argument('--iters', type=int, default=None)
+    p.add_argument('--nw', type=int, default=2, help='loader workers for the loader section')
+    p.add_argument('--loader_batches', type=int, default=50)
+    p.add_argument('--num_classes', type=int, default=21)
+    p.add_argument('--quick', action='store_true', help='small sizes and few iterations (CPU, CI smoke test)')
+    p.add_argument('--json', default=None, help='also write the results here')
+    args = p.parse_args(argv)
+    quick = args.quick or args.device == 'cpu'
+    args.bs = args.bs or ([1, 2] if quick else [1, 4])
+    args.amp = args.amp or (['fp32'] if quick else ['fp32', 'bf16'])
+    args.height = args.height or (128 if quick else 600)
+    args.width = args.width or (192 if quick else 1000)
+    args.warmup = args.warmup if args.warmup is not None else (1 if quick else 10)
+    args.iters = args.iters or (3 if quick else 50)
+    if quick:
+        args.loader_batches = min(args.loader_batches, 10)
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == 'cuda':
+        torch.backends.cudnn.benchmark = True
+    cfg_from_file(osp.join(ROOT, 'cfgs', f'{args.net}.yml'))
+    cfg_from_list(['ANCHOR_SCALES', '[8, 16, 32]', 'TRAIN.SCALES', f'[{args.height}]',
+                   'TRAIN.MAX_SIZE', str(max(args.width, args.height))])
+    sections = set(args.sections.split(','))
+    print(f'device: {device_name(device)} | torch {torch.__version__} | {args.net} '
+          f'{args.height}x{args.width} | warmup {args.warmup}, median of {args.iters}', flush=True)
+    results = []
+    if 'train' in sections:
+        bench_train(args, device, args.num_classes, results)
+    if 'test' in sections:
+        bench_test(args, device, args.num_classes, results)
+    if 'ops' in sections:
+        bench_ops_section(args, device, results)
+    if 'loader' in sections:
+        bench_loader(args, results)
+    if args.json:
+        os.makedirs(osp.dirname(osp.abspath(args.json)), exist_ok=True)
+        with open(args.json, 'w') as f:
+            json.dump({'device': device_name(device), 'torch': torch.__version__, 'args': vars(args),
+                       'results': results}, f, indent=1)
+    return results
+
+
+if __name__ == '__main__':
+    main()
