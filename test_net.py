@@ -35,6 +35,9 @@ def build_parser():
     p.add_argument('--nw', dest='num_workers', default=0, type=int, help='number of workers to load data')
     p.add_argument('--seed', dest='seed', default=None, type=int, help='random seed (default cfg.RNG_SEED)')
     p.add_argument('--amp', dest='amp', action='store_true', help='bf16 autocast on CUDA (ignored on CPU)')
+    p.add_argument('--bn_stats', dest='bn_stats', default='auto', choices=('auto', 'running', 'batch'),
+                   help="BatchNorm statistics at test time; auto: 'batch' (per image) for models trained with "
+                        "TRAIN.BN_TRAIN at --bs 1, else 'running'")
     p.add_argument('--data_path', dest='data_path', default=None, type=str,
                    help='folder of a VOC-format dataset for --dataset custom')
     add_cfg_args(p)

@@ -137,3 +137,29 @@ def test_test_net_refuses_a_checkpoint_of_other_classes(trained, tmp_path):
     argv[argv.index('--load_dir') + 1] = str(tmp_path / 'models')
     with pytest.raises(ValueError, match=r"detects \['__background__', 'cat'.*but custom_test has classes"):
         run_test(test_net.parse_args(argv), log=lambda m: None)
+
+
+def test_bn_statistics_mode_follows_how_the_model_was_trained():
+    from lib.model.utils.test_utils import resolve_bn_stats
+    bn_bs1 = {'cfg': {'TRAIN': {'BN_TRAIN': True}}, 'batch_size': 1}
+    assert resolve_bn_stats(bn_bs1) == 'batch'
+    assert resolve_bn_stats({**bn_bs1, 'batch_size': 4}) == 'running'
+    assert resolve_bn_stats({'cfg': {'TRAIN': {'BN_TRAIN': False}}, 'batch_size': 1}) == 'running'
+    assert resolve_bn_stats({}) == 'running'  # an original checkpoint: frozen BatchNorm
+    assert resolve_bn_stats(bn_bs1, 'running') == 'running'
+    with pytest.raises(ValueError, match="unknown BatchNorm statistics mode 'avg'"):
+        resolve_bn_stats(bn_bs1, 'avg')
+
+
+def test_batch_statistics_normalise_each_input_and_keep_running_averages():
+    from lib.model.utils.test_utils import use_batch_statistics
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4)).eval()
+    model[1].running_mean.fill_(5.0)
+    use_batch_statistics(model)
+    x = torch.randn(1, 3, 6, 6) * 3 + 2
+    y = model(x)
+    assert torch.allclose(y.mean(dim=(0, 2, 3)), torch.zeros(4), atol=1e-5)
+    assert torch.allclose(y.var(dim=(0, 2, 3), unbiased=False), torch.ones(4), atol=1e-3)
+    assert torch.equal(model[1].running_mean, torch.full((4,), 5.0))
+    assert not model[0].training  # only the BatchNorm layers switch

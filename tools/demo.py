@@ -40,6 +40,9 @@ def build_parser():
     p.add_argument('--thresh', dest='thresh', default=0.5, type=float, help='score above which boxes are drawn')
     p.add_argument('--webcam_num', dest='webcam_num', default=-1, type=int,
                    help='webcam ID number (>= 0 reads frames from that camera)')
+    p.add_argument('--bn_stats', dest='bn_stats', default='auto', choices=('auto', 'running', 'batch'),
+                   help="BatchNorm statistics at test time; auto: 'batch' (per image) for models trained with "
+                        "TRAIN.BN_TRAIN at --bs 1, else 'running'")
     add_cfg_args(p, with_ls=False)
     return p
 
