@@ -73,22 +73,10 @@ class coco(imdb):
         return hashlib.sha1(f'v{_CACHE_VERSION}|{osp.abspath(ann_file)}|{st.st_mtime_ns}|{st.st_size}|'
                             f'{json.dumps(list(self._classes))}'.encode()).hexdigest()
 
-    def gt_roidb(self):
-        """Ground-truth roidb, cached as .npz in cfg.DATA_DIR/cache (rebuilt when the json changes)."""
-        cache_file = osp.join(self.cache_path, f'{self.name}_gt_roidb.npz')
-        fingerprint = self._fingerprint()
-        if osp.isfile(cache_file):
-            roidb = self._load_cache(cache_file, fingerprint)
-            if roidb is not None:
-                print(f'{self.name} gt roidb loaded from {cache_file}')
-                return roidb
-            print(f'{self.name}: cache {cache_file} is out of date; rebuilding')
-        roidb = [self._load_coco_annotation(index) for index in self._image_index]
-        self._save_cache(cache_file, fingerprint, roidb)
-        print(f'wrote gt roidb to {cache_file}')
-        return roidb
+    def _cache_file(self):
+        return osp.join(self.cache_path, f'{self.name}_gt_roidb.npz')
 
-    def _load_coco_annotation(self, index):
+    def _load_annotation(self, index):
         im_ann = self._COCO.loadImgs(index)[0]
         width, height = im_ann['width'], im_ann['height']
         objs = self._COCO.loadAnns(self._COCO.getAnnIds(imgIds=index, iscrowd=None))

@@ -116,6 +116,25 @@ class imdb(object):
     def default_roidb(self):
         raise NotImplementedError(f'{type(self).__name__} has no roidb; call set_proposal_method first')
 
+    def gt_roidb(self):
+        """The ground-truth roidb, from the .npz cache when its fingerprint matches, else parsed and cached.
+
+        Subclasses provide ``_fingerprint()``, ``_cache_file()``, ``_load_annotation(index)`` and the cache's
+        ``_save_cache`` / ``_load_cache`` (``_load_cache`` returns None for a stale or unreadable file).
+        """
+        fingerprint = self._fingerprint()
+        cache_file = self._cache_file()
+        if osp.isfile(cache_file):
+            roidb = self._load_cache(cache_file, fingerprint)
+            if roidb is not None:
+                print(f'{self.name} gt roidb loaded from {cache_file}')
+                return roidb
+            print(f'{self.name}: cache {cache_file} is out of date (its dataset files changed); rebuilding')
+        roidb = [self._load_annotation(index) for index in self._image_index]
+        self._save_cache(cache_file, fingerprint, roidb)
+        print(f'wrote gt roidb to {cache_file}')
+        return roidb
+
     def evaluate_detections(self, all_boxes, output_dir=None):
         """all_boxes[cls][image] = (N, 5) array x1, y1, x2, y2, score (0-based) or an empty list."""
         raise NotImplementedError(f'{type(self).__name__} {self.name!r} cannot evaluate detections')

@@ -203,21 +203,6 @@ class voc_format(imdb):
     def _cache_file(self):
         return osp.join(self.cache_path, f'{self.name}_{_sha1(self._data_path)[:8]}_gt_roidb.npz')
 
-    def gt_roidb(self):
-        """The ground-truth roidb, from the .npz cache when its fingerprint matches, else parsed and cached."""
-        fingerprint = self._fingerprint()
-        cache_file = self._cache_file()
-        if osp.isfile(cache_file):
-            roidb = self._load_cache(cache_file, fingerprint)
-            if roidb is not None:
-                print(f'{self.name} gt roidb loaded from {cache_file}')
-                return roidb
-            print(f'{self.name}: cache {cache_file} is out of date (its dataset files changed); rebuilding')
-        roidb = [self._load_annotation(index) for index in self._image_index]
-        self._save_cache(cache_file, fingerprint, roidb)
-        print(f'wrote gt roidb to {cache_file}')
-        return roidb
-
     def _load_annotation(self, index):
         """One roidb entry from <root>/Annotations/<index>.xml (boxes converted to 0-based float32)."""
         path = self._annotation_path(index)
