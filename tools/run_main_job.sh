@@ -39,6 +39,6 @@ test_s=$(( $(date +%s) - start ))
 
 echo "== demo on a few shapes test images (writes images/*_det.jpg)"
 python tools/demo.py --dataset shapes --net "$NET" --cfg "$CFG" --load_dir "$SAVE_DIR" \
-  --checksession "$s" --checkepoch "$e" --checkpoint "$step" --image_dir images $DEV
+  --checksession "$s" --checkepoch "$e" --checkpoint "$step" $DEV
 
 echo "== main job done: train ${train_s} s, test ${test_s} s; $(grep -m1 'mAP (the dataset' "$LOG_DIR/test.log" || true)"
