@@ -8,7 +8,7 @@ Classes, anchors, pooling mode and class-agnostic regression are read from the c
 import argparse
 import sys
 
-from lib.model.utils.script_utils import DATASETS, NETS, add_cfg_args
+from lib.model.utils.script_utils import DATASETS, NETS, add_cfg_args, add_checkpoint_args
 
 
 def build_parser():
@@ -19,13 +19,7 @@ def build_parser():
                    help='backbone (a checkpoint that names its net overrides this)')
     p.add_argument('--load_dir', dest='load_dir', default='models', type=str,
                    help='directory to load models from (<load_dir>/<net>/<dataset>/)')
-    p.add_argument('--cuda', dest='cuda', action='store_true', help='use CUDA')
-    p.add_argument('--mGPUs', dest='mGPUs', action='store_true', help='use all visible GPUs (DataParallel)')
-    p.add_argument('--cag', dest='class_agnostic', action='store_true',
-                   help='class-agnostic bbox regression (only for checkpoints that do not record it)')
-    p.add_argument('--checksession', dest='checksession', default=1, type=int, help='checksession to load model')
-    p.add_argument('--checkepoch', dest='checkepoch', default=1, type=int, help='checkepoch to load network')
-    p.add_argument('--checkpoint', dest='checkpoint', default=10021, type=int, help='checkpoint to load network')
+    add_checkpoint_args(p, mgpus_help='use all visible GPUs (DataParallel)')
     p.add_argument('--vis', dest='vis', action='store_true',
                    help='write images with the detections drawn into <output dir>/vis')
     p.add_argument('--thresh', dest='thresh', default=None, type=float,
@@ -35,9 +29,6 @@ def build_parser():
     p.add_argument('--nw', dest='num_workers', default=0, type=int, help='number of workers to load data')
     p.add_argument('--seed', dest='seed', default=None, type=int, help='random seed (default cfg.RNG_SEED)')
     p.add_argument('--amp', dest='amp', action='store_true', help='bf16 autocast on CUDA (ignored on CPU)')
-    p.add_argument('--bn_stats', dest='bn_stats', default='auto', choices=('auto', 'running', 'batch'),
-                   help="BatchNorm statistics at test time; auto: 'batch' (per image) for models trained with "
-                        "TRAIN.BN_TRAIN at --bs 1, else 'running'")
     p.add_argument('--data_path', dest='data_path', default=None, type=str,
                    help='folder of a VOC-format dataset for --dataset custom')
     add_cfg_args(p)

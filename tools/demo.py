@@ -11,7 +11,7 @@ import sys
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), '..')))
 
-from lib.model.utils.script_utils import DATASETS, NETS, add_cfg_args  # noqa: E402
+from lib.model.utils.script_utils import DATASETS, NETS, add_cfg_args, add_checkpoint_args  # noqa: E402
 
 DEFAULT_IMAGE_DIR = 'images'
 
@@ -28,21 +28,12 @@ def build_parser():
                         f'when it has none)')
     p.add_argument('--output_dir', dest='output_dir', default=None,
                    help='where <name>_det.jpg go (default: the image directory, as the original)')
-    p.add_argument('--cuda', dest='cuda', action='store_true', help='use CUDA')
-    p.add_argument('--mGPUs', dest='mGPUs', action='store_true', help='accepted for compatibility; one device is used')
-    p.add_argument('--cag', dest='class_agnostic', action='store_true',
-                   help='class-agnostic bbox regression (only for checkpoints that do not record it)')
-    p.add_argument('--checksession', dest='checksession', default=1, type=int, help='checksession to load model')
-    p.add_argument('--checkepoch', dest='checkepoch', default=1, type=int, help='checkepoch to load network')
-    p.add_argument('--checkpoint', dest='checkpoint', default=10021, type=int, help='checkpoint to load network')
+    add_checkpoint_args(p, mgpus_help='accepted for compatibility; one device is used')
     p.add_argument('--vis', dest='vis', action='store_true',
                    help='accepted for compatibility; result images are always written (the original forced it too)')
     p.add_argument('--thresh', dest='thresh', default=0.5, type=float, help='score above which boxes are drawn')
     p.add_argument('--webcam_num', dest='webcam_num', default=-1, type=int,
                    help='webcam ID number (>= 0 reads frames from that camera)')
-    p.add_argument('--bn_stats', dest='bn_stats', default='auto', choices=('auto', 'running', 'batch'),
-                   help="BatchNorm statistics at test time; auto: 'batch' (per image) for models trained with "
-                        "TRAIN.BN_TRAIN at --bs 1, else 'running'")
     add_cfg_args(p, with_ls=False)
     return p
 

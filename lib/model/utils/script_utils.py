@@ -70,6 +70,22 @@ def add_cfg_args(parser, with_ls=True):
                         help='KEY VALUE pairs applied after every other config source; must come last')
 
 
+def add_checkpoint_args(parser, mgpus_help):
+    """The flags test_net.py and demo.py share to pick a device and a checkpoint (the original's names)."""
+    parser.add_argument('--cuda', dest='cuda', action='store_true', help='use CUDA')
+    parser.add_argument('--mGPUs', dest='mGPUs', action='store_true', help=mgpus_help)
+    parser.add_argument('--cag', dest='class_agnostic', action='store_true',
+                        help='class-agnostic bbox regression (only for checkpoints that do not record it)')
+    parser.add_argument('--checksession', dest='checksession', default=1, type=int,
+                        help='checksession to load model')
+    parser.add_argument('--checkepoch', dest='checkepoch', default=1, type=int, help='checkepoch to load network')
+    parser.add_argument('--checkpoint', dest='checkpoint', default=10021, type=int,
+                        help='checkpoint to load network')
+    parser.add_argument('--bn_stats', dest='bn_stats', default='auto', choices=('auto', 'running', 'batch'),
+                        help="BatchNorm statistics at test time; auto: 'batch' (per image) for models trained "
+                             "with TRAIN.BN_TRAIN at --bs 1, else 'running'")
+
+
 def dataset_settings(dataset):
     """The imdb names and default cfg list of a --dataset value."""
     try:
