@@ -19,22 +19,18 @@ NETS = ('vgg16', 'res18', 'res34', 'res50', 'res101', 'res152')
 
 # imdb names for training and testing, and the cfg keys each dataset sets (the original's table; 'shapes' is the
 # synthetic set of this project and 'custom' a VOC-format folder given by --data_path).
+def _dataset(imdb_name, imdbval_name, anchor_scales, max_num_gt_boxes):
+    return dict(imdb_name=imdb_name, imdbval_name=imdbval_name,
+                set_cfgs=['ANCHOR_SCALES', str(anchor_scales), 'ANCHOR_RATIOS', '[0.5, 1, 2]',
+                          'MAX_NUM_GT_BOXES', str(max_num_gt_boxes)])
+
+
 DATASETS = {
-    'pascal_voc': dict(imdb_name='voc_2007_trainval', imdbval_name='voc_2007_test',
-                       set_cfgs=['ANCHOR_SCALES', '[8, 16, 32]', 'ANCHOR_RATIOS', '[0.5, 1, 2]',
-                                 'MAX_NUM_GT_BOXES', '20']),
-    'pascal_voc_0712': dict(imdb_name='voc_2007_trainval+voc_2012_trainval', imdbval_name='voc_2007_test',
-                            set_cfgs=['ANCHOR_SCALES', '[8, 16, 32]', 'ANCHOR_RATIOS', '[0.5, 1, 2]',
-                                      'MAX_NUM_GT_BOXES', '20']),
-    'coco': dict(imdb_name='coco_2014_train+coco_2014_valminusminival', imdbval_name='coco_2014_minival',
-                 set_cfgs=['ANCHOR_SCALES', '[4, 8, 16, 32]', 'ANCHOR_RATIOS', '[0.5, 1, 2]',
-                           'MAX_NUM_GT_BOXES', '50']),
-    'shapes': dict(imdb_name='shapes_trainval', imdbval_name='shapes_test',
-                   set_cfgs=['ANCHOR_SCALES', '[2, 4, 8, 16, 32]', 'ANCHOR_RATIOS', '[0.5, 1, 2]',
-                             'MAX_NUM_GT_BOXES', '20']),
-    'custom': dict(imdb_name='custom_trainval', imdbval_name='custom_test',
-                   set_cfgs=['ANCHOR_SCALES', '[8, 16, 32]', 'ANCHOR_RATIOS', '[0.5, 1, 2]',
-                             'MAX_NUM_GT_BOXES', '20']),
+    'pascal_voc': _dataset('voc_2007_trainval', 'voc_2007_test', [8, 16, 32], 20),
+    'pascal_voc_0712': _dataset('voc_2007_trainval+voc_2012_trainval', 'voc_2007_test', [8, 16, 32], 20),
+    'coco': _dataset('coco_2014_train+coco_2014_valminusminival', 'coco_2014_minival', [4, 8, 16, 32], 50),
+    'shapes': _dataset('shapes_trainval', 'shapes_test', [2, 4, 8, 16, 32], 20),
+    'custom': _dataset('custom_trainval', 'custom_test', [8, 16, 32], 20),
 }
 
 # cfg keys that define the network's shape or its input/output coding. A checkpoint stores them and test_net /
