@@ -6,15 +6,11 @@ import cv2
 import numpy as np
 import pytest
 
-from lib.datasets import factory
-from lib.model.utils.config import cfg
 
 
 @pytest.fixture(autouse=True)
-def _tmp_data_dir(tmp_path):
-    cfg.DATA_DIR = str(tmp_path / 'data')
-    yield
-    factory.set_custom_root(None)
+def _tmp_data_dir(tmp_data_dir):
+    return tmp_data_dir
 
 
 @pytest.fixture(scope='session')
