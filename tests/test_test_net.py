@@ -163,3 +163,23 @@ def test_batch_statistics_normalise_each_input_and_keep_running_averages():
     assert torch.allclose(y.var(dim=(0, 2, 3), unbiased=False), torch.ones(4), atol=1e-3)
     assert torch.equal(model[1].running_mean, torch.full((4,), 5.0))
     assert not model[0].training  # only the BatchNorm layers switch
+
+
+def test_batch_statistics_leave_a_frozen_stem_on_its_running_averages(trained):
+    # the stem trains from scratch (so its BatchNorm used batch statistics in training) but is frozen on
+    # pretrained weights (eval mode in training): test time must do the same, as the checkpoint records
+    from lib.model.utils.checkpoint import load_checkpoint
+    from lib.model.utils.script_utils import apply_model_cfg
+    from lib.model.utils.test_utils import detector_from_checkpoint, stored_model_cfg
+    ck = load_checkpoint(trained['checkpoint'])
+    apply_model_cfg(stored_model_cfg(ck))  # its anchors
+    assert ck['freeze_stem'] is False  # --weights none
+    classes = ck['classes']
+    model = detector_from_checkpoint(ck, 'x.pth', 'res18', classes, False, torch.device('cpu'), 'batch')
+    assert model.RCNN_base[1].training and model.RCNN_base[4][0].bn1.training and not model.RCNN_rpn.training
+    pretrained_run = {**ck, 'freeze_stem': True}
+    model = detector_from_checkpoint(pretrained_run, 'x.pth', 'res18', classes, False, torch.device('cpu'), 'batch')
+    assert not model.RCNN_base[1].training and model.RCNN_base[4][0].bn1.training
+    original = {k: v for k, v in ck.items() if k != 'freeze_stem'}  # older files always froze the stem
+    model = detector_from_checkpoint(original, 'x.pth', 'res18', classes, False, torch.device('cpu'), 'batch')
+    assert not model.RCNN_base[1].training

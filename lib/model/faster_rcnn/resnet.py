@@ -157,6 +157,8 @@ class resnet(_fasterRCNN):
         if not 0 <= self.fixed_blocks <= 3:
             raise ValueError(f'RESNET.FIXED_BLOCKS must be 0..3, got {self.fixed_blocks}')
         self.bn_train = bool(cfg.TRAIN.BN_TRAIN)
+        # conv1 + bn1 stay fixed on pretrained weights (the original's rule); from scratch they would stay random
+        self.freeze_stem = bool(pretrained)
         _fasterRCNN.__init__(self, classes, class_agnostic)
 
     def _init_modules(self):
@@ -193,9 +195,10 @@ class resnet(_fasterRCNN):
                         p.requires_grad = False
 
     def _frozen_modules(self):
-        """conv1, bn1 and layer1..layer<FIXED_BLOCKS>."""
+        """layer1..layer<FIXED_BLOCKS>, and conv1 + bn1 when ``freeze_stem`` (pretrained weights loaded)."""
         base = self.RCNN_base
-        return [base[0], base[1]] + [base[3 + i] for i in range(1, self.fixed_blocks + 1)]
+        stem = [base[0], base[1]] if self.freeze_stem else []
+        return stem + [base[3 + i] for i in range(1, self.fixed_blocks + 1)]
 
     def train(self, mode=True):
         """Train mode, except that frozen blocks stay in eval mode, and so does every BatchNorm unless

@@ -1,5 +1,5 @@
 """Faster R-CNN on VGG16, as the original: conv1_1..conv5_3 (no last max-pool, stride 16) as the feature
-extractor with conv1 and conv2 frozen, fc6 and fc7 as the per-roi head."""
+extractor with conv1 and conv2 frozen (when pretrained), fc6 and fc7 as the per-roi head."""
 import torchvision
 from torch import nn
 
@@ -49,8 +49,9 @@ class vgg16(_fasterRCNN):
         # drop the ImageNet classifier (fc8) and the last max-pool
         vgg.classifier = nn.Sequential(*list(vgg.classifier.children())[:-1])
         self.RCNN_base = nn.Sequential(*list(vgg.features.children())[:-1])
-        # conv1 and conv2 blocks (the first 10 modules) stay fixed
-        for layer in range(10):
+        # with pretrained weights the conv1 and conv2 blocks (the first 10 modules) stay fixed, as the original;
+        # trained from scratch they train (frozen, they would stay random)
+        for layer in range(10 if self.pretrained else 0):
             for p in self.RCNN_base[layer].parameters():
                 p.requires_grad = False
         self.RCNN_top = vgg.classifier

@@ -37,7 +37,7 @@ class _RPN(nn.Module):
         """[B, C, H, W] -> [B, d, C*H/d, W]; with d = 2 the channel pairs (a, A+a) become the two rows of dim 1,
         so a softmax over dim 1 compares background a with object a."""
         b, c, h, w = x.shape
-        return x.view(b, int(d), int(c * h / d), w)
+        return x.reshape(b, int(d), int(c * h / d), w)
 
     def forward(self, base_feat, im_info, gt_boxes=None, num_boxes=None):
         """

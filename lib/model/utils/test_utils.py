@@ -96,11 +96,15 @@ def resolve_bn_stats(ck, mode='auto'):
 
 
 def use_batch_statistics(model):
-    """Make every BatchNorm normalise with the statistics of its current input; running averages stay untouched."""
-    for m in model.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            m.train()
-            m.momentum = 0.0  # running = (1 - momentum) * running + momentum * batch: unchanged
+    """Eval mode, except that every BatchNorm that trains under ``model.train()`` normalises with the statistics
+    of its current input, as it did in training; frozen ones (a frozen stem or block) keep their running
+    averages. Running averages stay untouched."""
+    model.train()
+    trained = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training]
+    model.eval()
+    for m in trained:
+        m.train()
+        m.momentum = 0.0  # running = (1 - momentum) * running + momentum * batch: unchanged
     return model
 
 
@@ -108,6 +112,10 @@ def detector_from_checkpoint(ck, path, net, classes, class_agnostic, device, bn_
     """Build the detector for (net, classes, class_agnostic) under the current cfg, load the weights, eval mode
     (with BatchNorm on batch statistics when bn_stats is 'batch', see resolve_bn_stats)."""
     model = build_detector(net, classes, pretrained=False, class_agnostic=class_agnostic)
+    if hasattr(model, 'freeze_stem'):
+        # which BatchNorms trained: the stem was frozen when the backbone started from pretrained weights
+        # (checkpoints without the entry come from runs that always froze it)
+        model.freeze_stem = bool(ck.get('freeze_stem', True))
     load_model_weights(model, ck['model'], net, path)
     model.to(device)
     model.eval()

@@ -381,7 +381,8 @@ def _train(args, rank, world, local_rank, is_main, say, start_time):
             'pooling_mode': cfg.POOLING_MODE, 'class_agnostic': bool(args.class_agnostic),
             'classes': [str(c) for c in imdb.classes], 'anchor_scales': list(cfg.ANCHOR_SCALES),
             'anchor_ratios': list(cfg.ANCHOR_RATIOS), 'cfg': cfg_to_dict(), 'net': args.net,
-            'dataset': args.dataset, 'batch_size': bs, 'sampler': train_sampler.state_dict(position=step + 1),
+            'dataset': args.dataset, 'batch_size': bs, 'freeze_stem': bool(getattr(core, 'freeze_stem', True)),
+            'sampler': train_sampler.state_dict(position=step + 1),
             'rng': get_rng_state(), 'scaler': scaler.state_dict() if use_scaler else None,
             'history': history, 'format_version': 1,
         }

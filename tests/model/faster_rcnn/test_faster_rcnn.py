@@ -1,6 +1,7 @@
 """Forward passes of every backbone and pooling mode, frozen parameters, BatchNorm handling."""
 import pytest
 import torch
+import torchvision
 from torch import nn
 
 pytest.importorskip('lib.model.roi_layers', reason='compiled ops not built', exc_type=ImportError)
@@ -94,11 +95,15 @@ def test_deep_resnets_one_forward(tiny_cfg, depth):
     assert model.RCNN_cls_score.in_features == 2048 and model.dout_base_model == 1024
 
 
-def test_resnet_frozen_parts(tiny_cfg):
+def test_resnet_frozen_parts(tiny_cfg, tmp_path):
     cfg.RESNET.FIXED_BLOCKS = 2
-    model = build('res18')
+    path = tmp_path / 'resnet18-weights.pth'
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
+    model = resnet(CLASSES, 18, pretrained=True, model_path=str(path))
+    model.create_architecture()
     base = model.RCNN_base
-    frozen = [base[0], base[1], base[4], base[5]]   # conv1, bn1, layer1, layer2
+    frozen = [base[0], base[1], base[4], base[5]]   # conv1, bn1 (pretrained: the original's rule), layer1, layer2
+    assert model.freeze_stem
     assert all(not p.requires_grad for m in frozen for p in m.parameters())
     assert all(p.requires_grad for n, p in base[6].named_parameters() if 'bn' not in n and 'downsample.1' not in n)
     bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
@@ -112,6 +117,22 @@ def test_resnet_frozen_parts(tiny_cfg):
         resnet(CLASSES, 18)
 
 
+def test_resnet_from_scratch_trains_the_stem(tiny_cfg):
+    # random conv1/bn1 would stay random if frozen: without pretrained weights they train; FIXED_BLOCKS still holds
+    cfg.RESNET.FIXED_BLOCKS = 1
+    model = build('res18')
+    base = model.RCNN_base
+    assert not model.freeze_stem
+    assert base[0].weight.requires_grad
+    assert all(not p.requires_grad for p in base[4].parameters())
+    before = base[0].weight.detach().clone()
+    model.train()
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    sum(model(*make_batch(B=1, H=64, W=64))[3:7]).backward()
+    opt.step()
+    assert not torch.equal(base[0].weight, before)
+
+
 def test_bn_train_updates_bn(tiny_cfg):
     cfg.TRAIN.BN_TRAIN = True
     cfg.RESNET.FIXED_BLOCKS = 0
@@ -119,7 +140,10 @@ def test_bn_train_updates_bn(tiny_cfg):
     model = build('res18')
     layer1_bn = model.RCNN_base[4][0].bn1
     assert layer1_bn.weight.requires_grad
-    assert not model.RCNN_base[1].weight.requires_grad     # bn1 goes with conv1, always frozen
+    assert model.RCNN_base[1].weight.requires_grad          # from scratch bn1 trains with conv1
+    model.train()
+    assert layer1_bn.training and model.RCNN_base[1].training
+    model.freeze_stem = True                                 # as on pretrained weights: bn1 stays in eval mode
     model.train()
     assert layer1_bn.training and not model.RCNN_base[1].training
     before = layer1_bn.running_mean.clone()
@@ -127,13 +151,22 @@ def test_bn_train_updates_bn(tiny_cfg):
     assert not torch.equal(layer1_bn.running_mean, before)
 
 
-def test_vgg_frozen_layers(tiny_cfg):
+def test_vgg_frozen_layers(tiny_cfg, monkeypatch):
     model = build('vgg16')
     convs = [m for m in model.RCNN_base if isinstance(m, nn.Conv2d)]
     assert len(convs) == 13 and not isinstance(model.RCNN_base[-1], nn.MaxPool2d)
+    assert all(p.requires_grad for c in convs for p in c.parameters())   # from scratch every conv trains
+    assert model.RCNN_cls_score.in_features == 4096
+    # on pretrained weights conv1 and conv2 (the first 4 convs) stay fixed, as the original
+    import lib.model.faster_rcnn.vgg16 as vgg_module
+    weights = torchvision.models.vgg16(weights=None).state_dict()
+    monkeypatch.setattr(vgg_module, 'load_state_dict_file', lambda path, name: weights)
+    model = vgg16(CLASSES, pretrained=True)
+    model.create_architecture()
+    convs = [m for m in model.RCNN_base if isinstance(m, nn.Conv2d)]
+    assert torch.equal(convs[0].weight, weights['features.0.weight'])
     assert all(not p.requires_grad for c in convs[:4] for p in c.parameters())
     assert all(p.requires_grad for c in convs[4:] for p in c.parameters())
-    assert model.RCNN_cls_score.in_features == 4096
     cfg.POOLING_SIZE = 5
     with pytest.raises(ValueError, match='POOLING_SIZE 7'):
         vgg16(CLASSES)
