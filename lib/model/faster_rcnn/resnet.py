@@ -12,6 +12,7 @@ from torch import nn
 
 from lib.model.utils.config import cfg
 from .faster_rcnn import _fasterRCNN
+from .small_map_conv import use_small_map_convs
 from .weights import check_weight_format, default_model_path, detect_weight_format, load_backbone, \
     load_state_dict_file
 
@@ -181,7 +182,8 @@ class resnet(_fasterRCNN):
 
         self.RCNN_base = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2,
                                        net.layer3)
-        self.RCNN_top = nn.Sequential(net.layer4)
+        # layer4 runs on pooled rois (2x2 to 7x7 maps): a faster CPU convolution for those (small_map_conv.py)
+        self.RCNN_top = use_small_map_convs(nn.Sequential(net.layer4))
         self.RCNN_cls_score = nn.Linear(self.dout_top_model, self.n_classes)
         self.RCNN_bbox_pred = nn.Linear(self.dout_top_model, 4 if self.class_agnostic else 4 * self.n_classes)
 

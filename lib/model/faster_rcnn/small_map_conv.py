@@ -1,0 +1,53 @@
+"""A faster CPU path for the convolutions of the per-roi head (the ResNet's layer4 on pooled rois).
+
+The head runs layer4 on [R, C, S, S] pooled features (S = POOLING_SIZE), so its 3x3 convolutions see maps of
+2x2 to 7x7 pixels with hundreds of channels. oneDNN (mkldnn), torch's CPU convolution, is slow on such tiny maps:
+on a 2-core CPU a 3x3 512->512 conv on [32, 512, 2, 2] takes about 10 ms forward and 44 ms backward, where the
+same product written as unfold + one matrix multiply takes 6 and 15 ms (docs/BENCHMARKS.md). ``SmallMapConv2d``
+is an ``nn.Conv2d`` (same parameters, state dict and initialisation) that takes that route on CPU tensors whose
+output map has at most ``MAX_OUTPUT_PIXELS`` pixels; everything else (GPU tensors, larger maps, grouped or dilated
+convs) goes through ``F.conv2d`` unchanged. Autograd differentiates the unfold + matmul, so no backward is
+hand-written.
+"""
+import torch.nn.functional as F
+from torch import nn
+
+MAX_OUTPUT_PIXELS = 16
+
+
+def unfold_conv2d(x, weight, bias, stride, padding):
+    """conv2d as unfold + matmul. x [N, C, H, W], weight [O, C, kh, kw], bias [O] or None -> [N, O, Ho, Wo]."""
+    n, _, h, w = x.shape
+    o, _, kh, kw = weight.shape
+    ho = (h + 2 * padding[0] - kh) // stride[0] + 1
+    wo = (w + 2 * padding[1] - kw) // stride[1] + 1
+    cols = F.unfold(x, (kh, kw), padding=padding, stride=stride)  # [N, C*kh*kw, Ho*Wo]
+    out = weight.reshape(o, -1) @ cols  # [N, O, Ho*Wo]
+    if bias is not None:
+        out = out + bias.view(1, o, 1)
+    return out.view(n, o, ho, wo)
+
+
+class SmallMapConv2d(nn.Conv2d):
+    """nn.Conv2d with the unfold + matmul path for small maps on CPU (see the module docstring)."""
+
+    def _output_pixels(self, x):
+        h, w = x.shape[-2:]
+        ho = (h + 2 * self.padding[0] - self.kernel_size[0]) // self.stride[0] + 1
+        wo = (w + 2 * self.padding[1] - self.kernel_size[1]) // self.stride[1] + 1
+        return ho * wo
+
+    def forward(self, x):
+        if (x.device.type == 'cpu' and x.dim() == 4 and self.groups == 1 and self.dilation == (1, 1)
+                and self.padding_mode == 'zeros' and isinstance(self.padding, tuple)
+                and self._output_pixels(x) <= MAX_OUTPUT_PIXELS):
+            return unfold_conv2d(x, self.weight, self.bias, self.stride, self.padding)
+        return super().forward(x)
+
+
+def use_small_map_convs(module):
+    """Turn every plain nn.Conv2d inside ``module`` into a SmallMapConv2d, in place (parameters untouched)."""
+    for m in module.modules():
+        if type(m) is nn.Conv2d:
+            m.__class__ = SmallMapConv2d
+    return module

@@ -1,0 +1,74 @@
+"""The head's small-map CPU convolution: same values and gradients as F.conv2d, and the right fallbacks."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lib.model.faster_rcnn.small_map_conv import (MAX_OUTPUT_PIXELS, SmallMapConv2d, unfold_conv2d,
+                                                  use_small_map_convs)
+
+
+@pytest.mark.parametrize('shape,k,stride,padding,bias', [
+    ((3, 8, 2, 2), 3, 1, 1, False),     # layer4's 3x3 on a 2x2 map
+    ((3, 6, 4, 4), 3, 2, 1, False),     # layer4's first, strided 3x3 (POOLING_SIZE 4)
+    ((2, 6, 7, 7), 3, 2, 1, True),      # POOLING_SIZE 7
+    ((2, 6, 4, 4), 1, 2, 0, False),     # the downsample 1x1
+    ((2, 5, 3, 5), 3, 1, 1, True),      # non-square
+])
+def test_unfold_conv2d_matches_conv2d_forward_and_backward(shape, k, stride, padding, bias):
+    torch.manual_seed(0)
+    x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, shape[1], k, k, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(4, dtype=torch.float64, requires_grad=True) if bias else None
+    out = unfold_conv2d(x, w, b, (stride, stride), (padding, padding))
+    ref = F.conv2d(x, w, b, stride=stride, padding=padding)
+    torch.testing.assert_close(out, ref)
+    g = torch.randn_like(ref)
+    grads = torch.autograd.grad(out, [t for t in (x, w, b) if t is not None], g)
+    ref_grads = torch.autograd.grad(ref, [t for t in (x, w, b) if t is not None], g)
+    for a, r in zip(grads, ref_grads):
+        torch.testing.assert_close(a, r)
+    assert torch.autograd.gradcheck(lambda x_, w_: unfold_conv2d(x_, w_, None, (stride, stride),
+                                                                 (padding, padding)), (x, w))
+
+
+def test_module_takes_the_fast_path_only_where_it_applies(monkeypatch):
+    import lib.model.faster_rcnn.small_map_conv as smc
+    calls = []
+    real = smc.unfold_conv2d
+    monkeypatch.setattr(smc, 'unfold_conv2d', lambda *a: calls.append(1) or real(*a))
+    torch.manual_seed(0)
+    conv = nn.Conv2d(6, 4, 3, padding=1)
+    fast = use_small_map_convs(nn.Sequential(conv))[0]
+    assert type(fast) is SmallMapConv2d and fast is conv
+    small = torch.randn(2, 6, 4, 4)            # 16 output pixels: fast path
+    torch.testing.assert_close(fast(small), F.conv2d(small, conv.weight, conv.bias, padding=1))
+    assert len(calls) == 1
+    big = torch.randn(1, 6, 5, 5)              # 25 > MAX_OUTPUT_PIXELS: mkldnn
+    assert 25 > MAX_OUTPUT_PIXELS
+    torch.testing.assert_close(fast(big), F.conv2d(big, conv.weight, conv.bias, padding=1))
+    assert len(calls) == 1
+    dilated = use_small_map_convs(nn.Sequential(nn.Conv2d(6, 4, 3, padding=2, dilation=2)))[0]
+    dilated(small)
+    assert len(calls) == 1
+
+
+def test_state_dict_and_the_resnet_head_are_unchanged(tiny_cfg):
+    from lib.model.faster_rcnn.resnet import resnet
+    from frcnn_helpers import CLASSES
+    torch.manual_seed(0)
+    model = resnet(CLASSES, 18)
+    model.create_architecture()
+    convs = [m for m in model.RCNN_top.modules() if isinstance(m, nn.Conv2d)]
+    assert convs and all(type(m) is SmallMapConv2d for m in convs)
+    assert all(type(m) is nn.Conv2d for m in model.RCNN_base.modules() if isinstance(m, nn.Conv2d))
+    keys = set(model.state_dict())
+    assert 'RCNN_top.0.0.conv1.weight' in keys and not any('SmallMap' in k for k in keys)
+    pooled = torch.randn(5, 256, 4, 4)
+    model.eval()
+    with torch.no_grad():
+        fast = model._head_to_tail(pooled)
+        for m in convs:
+            m.__class__ = nn.Conv2d
+        ref = model._head_to_tail(pooled)
+    torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-4)
