@@ -315,39 +315,15 @@ def _train(args, rank, world, local_rank, is_main, say, start_time):
                                              num_workers=args.num_workers, worker_init_fn=_seed_worker,
                                              generator=loader_gen, pin_memory=device.type == 'cuda')
 
-    lr = args.lr
-    optimizer = build_optimizer(core, args.optimizer, lr)
+    optimizer = build_optimizer(core, args.optimizer, args.lr)
     autocast, use_scaler = _autocast(device, args)
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
 
-    session = args.session
-    start_epoch, start_step = args.start_epoch, 0
-    history, checkpoints = [], []
-    rng_state = None
-    if args.resume:
-        load_name = checkpoint_name(output_dir, args.checksession, args.checkepoch, args.checkpoint)
-        say(f'loading checkpoint {load_name}')
-        ck = load_checkpoint(load_name)
-        if list(ck.get('classes', imdb.classes)) != list(imdb.classes):
-            raise ValueError(f'{load_name} was trained on classes {ck["classes"]}, but --dataset {args.dataset} has '
-                             f'{list(imdb.classes)}')
-        core.load_state_dict(ck['model'])
-        optimizer.load_state_dict(ck['optimizer'])
-        lr = ck['lr']
-        session = ck.get('session', session)
-        if ck.get('scaler') and use_scaler:
-            scaler.load_state_dict(ck['scaler'])
-        history = list(ck.get('history', []))
-        if 'pooling_mode' in ck:
-            cfg.POOLING_MODE = ck['pooling_mode']
-        start_epoch, start_step = ck['epoch'], ck['step'] + 1
-        if start_step >= ck.get('iters_per_epoch', iters_per_epoch):
-            start_epoch, start_step = start_epoch + 1, 0
-        if ck.get('iters_per_epoch', iters_per_epoch) != iters_per_epoch:
-            say(f'WARNING: the checkpoint ran {ck["iters_per_epoch"]} iterations per epoch, this run {iters_per_epoch}')
-        if world == 1 and 'rng' in ck:
-            rng_state = ck['rng']
-        say(f'loaded checkpoint {load_name}; continuing at epoch {start_epoch}, iteration {start_step}')
+    resumed = _resume(args, output_dir, core, optimizer, scaler if use_scaler else None, imdb.classes,
+                      iters_per_epoch, world, say)
+    session, lr, history = resumed['session'], resumed.get('lr', args.lr), resumed['history']
+    start_epoch, start_step, rng_state = resumed['start_epoch'], resumed['start_step'], resumed['rng']
+    checkpoints = []
 
     model = core
     if world > 1:
@@ -375,17 +351,8 @@ def _train(args, rank, world, local_rank, is_main, say, start_time):
         meter.check_finite()
         if not is_main:
             return
-        state = {
-            'session': session, 'epoch': epoch, 'step': step, 'iters_per_epoch': iters_per_epoch,
-            'model': core.state_dict(), 'optimizer': optimizer.state_dict(), 'lr': lr,
-            'pooling_mode': cfg.POOLING_MODE, 'class_agnostic': bool(args.class_agnostic),
-            'classes': [str(c) for c in imdb.classes], 'anchor_scales': list(cfg.ANCHOR_SCALES),
-            'anchor_ratios': list(cfg.ANCHOR_RATIOS), 'cfg': cfg_to_dict(), 'net': args.net,
-            'dataset': args.dataset, 'batch_size': bs, 'freeze_stem': bool(getattr(core, 'freeze_stem', True)),
-            'sampler': train_sampler.state_dict(position=step + 1),
-            'rng': get_rng_state(), 'scaler': scaler.state_dict() if use_scaler else None,
-            'history': history, 'format_version': 1,
-        }
+        state = _checkpoint_state(args, core, optimizer, scaler if use_scaler else None, imdb.classes, session,
+                                  epoch, step, iters_per_epoch, lr, train_sampler, history)
         name = save_checkpoint(state, checkpoint_name(output_dir, session, epoch, step))
         checkpoints.append(name)
         say(f'save model: {name}')
@@ -442,24 +409,15 @@ def _train(args, rank, world, local_rank, is_main, say, start_time):
 
             if step % args.disp_interval == 0 or step == iters_per_epoch - 1:
                 stats = meter.read()
-                toc = time.time()
                 record = {'iter': (epoch - 1) * iters_per_epoch + step, 'epoch': epoch, 'step': step,
                           'loss': stats['loss'], 'lr': lr, **{k: stats[k] for k in LOSS_NAMES},
                           **{f'mean_{k}': stats[f'mean_{k}'] for k in LOSS_NAMES}}
                 history.append(record)
                 if step % args.disp_interval == 0:
-                    say('[session %d][epoch %2d][iter %4d/%4d] loss: %.4f, lr: %.2e'
-                        % (session, epoch, step, iters_per_epoch, stats['loss'], lr))
-                    say('\t\t\tfg/bg=(%d/%d), time cost: %f' % (stats['fg'], stats['bg'], toc - tic))
-                    say('\t\t\trpn_cls: %.4f, rpn_box: %.4f, rcnn_cls: %.4f, rcnn_box %.4f'
-                        % tuple(stats[k] for k in LOSS_NAMES))
+                    _log_display(say, session, epoch, step, iters_per_epoch, stats, lr, time.time() - tic)
                 bar.set_postfix(loss=f'{stats["loss"]:.3f}', lr=f'{lr:.1e}')
                 if writer is not None:
-                    it = record['iter']
-                    writer.add_scalar('losses/loss', stats['loss'], it)
-                    for k in LOSS_NAMES:
-                        writer.add_scalar(f'losses/{k}', stats[k], it)
-                    writer.add_scalar('lr', lr, it)
+                    _write_tensorboard(writer, record['iter'], stats, lr)
                 meter.reset()
                 tic = time.time()
 
@@ -478,3 +436,64 @@ def _train(args, rank, world, local_rank, is_main, say, start_time):
     total = time.time() - start_time
     say(f'TOTAL RUNTIME WAS {total:.1f} seconds .. or d:h:m:s -> {_format_time(total)}')
     return {'output_dir': output_dir, 'checkpoints': checkpoints, 'history': history, 'session': session}
+
+
+def _resume(args, output_dir, core, optimizer, scaler, classes, iters_per_epoch, world, say):
+    """Load the --r checkpoint into core / optimizer / scaler. Returns session, lr (when resumed), history,
+    start_epoch, start_step and rng (the RNG state to restore at the start of the first epoch, or None)."""
+    out = {'session': args.session, 'history': [], 'start_epoch': args.start_epoch, 'start_step': 0, 'rng': None}
+    if not args.resume:
+        return out
+    load_name = checkpoint_name(output_dir, args.checksession, args.checkepoch, args.checkpoint)
+    say(f'loading checkpoint {load_name}')
+    ck = load_checkpoint(load_name)
+    if list(ck.get('classes', classes)) != list(classes):
+        raise ValueError(f'{load_name} was trained on classes {ck["classes"]}, but --dataset {args.dataset} has '
+                         f'{list(classes)}')
+    core.load_state_dict(ck['model'])
+    optimizer.load_state_dict(ck['optimizer'])
+    if ck.get('scaler') and scaler is not None:
+        scaler.load_state_dict(ck['scaler'])
+    if 'pooling_mode' in ck:
+        cfg.POOLING_MODE = ck['pooling_mode']
+    start_epoch, start_step = ck['epoch'], ck['step'] + 1
+    if start_step >= ck.get('iters_per_epoch', iters_per_epoch):
+        start_epoch, start_step = start_epoch + 1, 0
+    if ck.get('iters_per_epoch', iters_per_epoch) != iters_per_epoch:
+        say(f'WARNING: the checkpoint ran {ck["iters_per_epoch"]} iterations per epoch, this run {iters_per_epoch}')
+    out.update(session=ck.get('session', args.session), lr=ck['lr'], history=list(ck.get('history', [])),
+               start_epoch=start_epoch, start_step=start_step, rng=ck['rng'] if world == 1 and 'rng' in ck else None)
+    say(f'loaded checkpoint {load_name}; continuing at epoch {start_epoch}, iteration {start_step}')
+    return out
+
+
+def _checkpoint_state(args, core, optimizer, scaler, classes, session, epoch, step, iters_per_epoch, lr,
+                      train_sampler, history):
+    """Everything a checkpoint holds: the model and how it was built, and the full state to resume exactly."""
+    return {
+        'session': session, 'epoch': epoch, 'step': step, 'iters_per_epoch': iters_per_epoch,
+        'model': core.state_dict(), 'optimizer': optimizer.state_dict(), 'lr': lr,
+        'pooling_mode': cfg.POOLING_MODE, 'class_agnostic': bool(args.class_agnostic),
+        'classes': [str(c) for c in classes], 'anchor_scales': list(cfg.ANCHOR_SCALES),
+        'anchor_ratios': list(cfg.ANCHOR_RATIOS), 'cfg': cfg_to_dict(), 'net': args.net,
+        'dataset': args.dataset, 'batch_size': args.batch_size,
+        'freeze_stem': bool(getattr(core, 'freeze_stem', True)),
+        'sampler': train_sampler.state_dict(position=step + 1),
+        'rng': get_rng_state(), 'scaler': scaler.state_dict() if scaler is not None else None,
+        'history': history, 'format_version': 1,
+    }
+
+
+def _log_display(say, session, epoch, step, iters_per_epoch, stats, lr, seconds):
+    """The original's three display lines."""
+    say('[session %d][epoch %2d][iter %4d/%4d] loss: %.4f, lr: %.2e'
+        % (session, epoch, step, iters_per_epoch, stats['loss'], lr))
+    say('\t\t\tfg/bg=(%d/%d), time cost: %f' % (stats['fg'], stats['bg'], seconds))
+    say('\t\t\trpn_cls: %.4f, rpn_box: %.4f, rcnn_cls: %.4f, rcnn_box %.4f' % tuple(stats[k] for k in LOSS_NAMES))
+
+
+def _write_tensorboard(writer, it, stats, lr):
+    writer.add_scalar('losses/loss', stats['loss'], it)
+    for k in LOSS_NAMES:
+        writer.add_scalar(f'losses/{k}', stats[k], it)
+    writer.add_scalar('lr', lr, it)
