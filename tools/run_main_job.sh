@@ -11,7 +11,7 @@ if python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)
   TRAIN_ARGS=${TRAIN_ARGS:-"--amp --bs 8 --nw 8 --lr 0.02 --epochs 12 --lr_decay_step 9"}
 else
   NET=${NET:-res18}; CFG=${CFG:-cfgs/shapes_cpu.yml}; DEV=
-  TRAIN_ARGS=${TRAIN_ARGS:-"--bs 1 --nw 1 --epochs 3 --max_iters 400 --lr 0.01 --lr_decay_step 2 --checkpoint_interval 0"}
+  TRAIN_ARGS=${TRAIN_ARGS:-"--bs 1 --nw 1 --epochs 3 --max_iters 650 --lr 0.01 --lr_decay_step 2 --checkpoint_interval 0"}
 fi
 SESSION=1
 SAVE_DIR=${SAVE_DIR:-models}
