@@ -1,7 +1,8 @@
 """The Faster R-CNN detector: backbone -> RPN -> (training: roi sampling) -> roi pooling -> head -> class
 scores and box deltas, with the four losses in training.
 
-A subclass (resnet.py, vgg16.py) sets ``dout_base_model`` before calling ``_fasterRCNN.__init__`` and provides
+A subclass (resnet.py, vgg16.py) sets ``dout_base_model`` and ``freeze_stem`` (its first layers stay fixed: True
+on pretrained weights; checkpoints record it) before calling ``_fasterRCNN.__init__`` and provides
 ``_init_modules`` (RCNN_base, RCNN_top, RCNN_cls_score, RCNN_bbox_pred) and ``_head_to_tail``.
 
 Shorthand: B images, G gt rows, R rois per image, C classes (background included), S = POOLING_SIZE.

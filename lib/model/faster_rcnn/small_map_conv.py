@@ -9,18 +9,25 @@ output map has at most ``MAX_OUTPUT_PIXELS`` pixels; everything else (GPU tensor
 convs) goes through ``F.conv2d`` unchanged. Autograd differentiates the unfold + matmul, so no backward is
 hand-written.
 """
+import math
+
 import torch.nn.functional as F
 from torch import nn
 
 MAX_OUTPUT_PIXELS = 16
 
 
+def output_size(h, w, kernel_size, stride, padding):
+    """(Ho, Wo) of an undilated convolution."""
+    return ((h + 2 * padding[0] - kernel_size[0]) // stride[0] + 1,
+            (w + 2 * padding[1] - kernel_size[1]) // stride[1] + 1)
+
+
 def unfold_conv2d(x, weight, bias, stride, padding):
     """conv2d as unfold + matmul. x [N, C, H, W], weight [O, C, kh, kw], bias [O] or None -> [N, O, Ho, Wo]."""
     n, _, h, w = x.shape
     o, _, kh, kw = weight.shape
-    ho = (h + 2 * padding[0] - kh) // stride[0] + 1
-    wo = (w + 2 * padding[1] - kw) // stride[1] + 1
+    ho, wo = output_size(h, w, (kh, kw), stride, padding)
     cols = F.unfold(x, (kh, kw), padding=padding, stride=stride)  # [N, C*kh*kw, Ho*Wo]
     out = weight.reshape(o, -1) @ cols  # [N, O, Ho*Wo]
     if bias is not None:
@@ -31,16 +38,11 @@ def unfold_conv2d(x, weight, bias, stride, padding):
 class SmallMapConv2d(nn.Conv2d):
     """nn.Conv2d with the unfold + matmul path for small maps on CPU (see the module docstring)."""
 
-    def _output_pixels(self, x):
-        h, w = x.shape[-2:]
-        ho = (h + 2 * self.padding[0] - self.kernel_size[0]) // self.stride[0] + 1
-        wo = (w + 2 * self.padding[1] - self.kernel_size[1]) // self.stride[1] + 1
-        return ho * wo
-
     def forward(self, x):
         if (x.device.type == 'cpu' and x.dim() == 4 and self.groups == 1 and self.dilation == (1, 1)
                 and self.padding_mode == 'zeros' and isinstance(self.padding, tuple)
-                and self._output_pixels(x) <= MAX_OUTPUT_PIXELS):
+                and math.prod(output_size(*x.shape[-2:], self.kernel_size, self.stride, self.padding))
+                <= MAX_OUTPUT_PIXELS):
             return unfold_conv2d(x, self.weight, self.bias, self.stride, self.padding)
         return super().forward(x)
 

@@ -24,6 +24,8 @@ class vgg16(_fasterRCNN):
     def __init__(self, classes, pretrained=False, class_agnostic=False, model_path=None, weight_format=None):
         self.model_path = model_path if model_path is not None else default_model_path('vgg16')
         self.pretrained = pretrained
+        # conv1 + conv2 stay fixed on pretrained weights (the original's rule); from scratch they would stay random
+        self.freeze_stem = bool(pretrained)
         self.weight_format = None if weight_format is None else check_weight_format(weight_format)
         self.dout_base_model = 512
         if cfg.POOLING_SIZE != 7:
@@ -49,9 +51,8 @@ class vgg16(_fasterRCNN):
         # drop the ImageNet classifier (fc8) and the last max-pool
         vgg.classifier = nn.Sequential(*list(vgg.classifier.children())[:-1])
         self.RCNN_base = nn.Sequential(*list(vgg.features.children())[:-1])
-        # with pretrained weights the conv1 and conv2 blocks (the first 10 modules) stay fixed, as the original;
-        # trained from scratch they train (frozen, they would stay random)
-        for layer in range(10 if self.pretrained else 0):
+        # the conv1 and conv2 blocks are the first 10 modules
+        for layer in range(10 if self.freeze_stem else 0):
             for p in self.RCNN_base[layer].parameters():
                 p.requires_grad = False
         self.RCNN_top = vgg.classifier

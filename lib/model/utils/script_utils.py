@@ -66,6 +66,10 @@ def add_cfg_args(parser, with_ls=True):
                         help='KEY VALUE pairs applied after every other config source; must come last')
 
 
+# test-time BatchNorm statistics (test_net / demo --bn_stats; see test_utils.resolve_bn_stats)
+BN_STATS = ('auto', 'running', 'batch')
+
+
 def add_checkpoint_args(parser, mgpus_help):
     """The flags test_net.py and demo.py share to pick a device and a checkpoint (the original's names)."""
     parser.add_argument('--cuda', dest='cuda', action='store_true', help='use CUDA')
@@ -77,7 +81,7 @@ def add_checkpoint_args(parser, mgpus_help):
     parser.add_argument('--checkepoch', dest='checkepoch', default=1, type=int, help='checkepoch to load network')
     parser.add_argument('--checkpoint', dest='checkpoint', default=10021, type=int,
                         help='checkpoint to load network')
-    parser.add_argument('--bn_stats', dest='bn_stats', default='auto', choices=('auto', 'running', 'batch'),
+    parser.add_argument('--bn_stats', dest='bn_stats', default='auto', choices=BN_STATS,
                         help="BatchNorm statistics at test time; auto: 'batch' (per image) for models trained "
                              "with TRAIN.BN_TRAIN at --bs 1, else 'running'")
 

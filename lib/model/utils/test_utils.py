@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from lib.model.utils.config import cfg
-from lib.model.utils.script_utils import NETS, build_detector, guess_net
+from lib.model.utils.script_utils import BN_STATS, NETS, build_detector, guess_net
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -75,8 +75,6 @@ def load_model_weights(model, state_dict, net, path):
     model.load_state_dict(state_dict)
 
 
-BN_STATS = ('auto', 'running', 'batch')
-
 
 def resolve_bn_stats(ck, mode='auto'):
     """'running' or 'batch': how BatchNorm normalises at test time.
@@ -112,10 +110,9 @@ def detector_from_checkpoint(ck, path, net, classes, class_agnostic, device, bn_
     """Build the detector for (net, classes, class_agnostic) under the current cfg, load the weights, eval mode
     (with BatchNorm on batch statistics when bn_stats is 'batch', see resolve_bn_stats)."""
     model = build_detector(net, classes, pretrained=False, class_agnostic=class_agnostic)
-    if hasattr(model, 'freeze_stem'):
-        # which BatchNorms trained: the stem was frozen when the backbone started from pretrained weights
-        # (checkpoints without the entry come from runs that always froze it)
-        model.freeze_stem = bool(ck.get('freeze_stem', True))
+    # which BatchNorms trained: the stem was frozen when the backbone started from pretrained weights
+    # (checkpoints without the entry come from runs that always froze it)
+    model.freeze_stem = bool(ck.get('freeze_stem', True))
     load_model_weights(model, ck['model'], net, path)
     model.to(device)
     model.eval()

@@ -321,7 +321,7 @@ def _train(args, rank, world, local_rank, is_main, say, start_time):
 
     resumed = _resume(args, output_dir, core, optimizer, scaler if use_scaler else None, imdb.classes,
                       iters_per_epoch, world, say)
-    session, lr, history = resumed['session'], resumed.get('lr', args.lr), resumed['history']
+    session, lr, history = resumed['session'], resumed['lr'], resumed['history']
     start_epoch, start_step, rng_state = resumed['start_epoch'], resumed['start_step'], resumed['rng']
     checkpoints = []
 
@@ -439,9 +439,11 @@ def _train(args, rank, world, local_rank, is_main, say, start_time):
 
 
 def _resume(args, output_dir, core, optimizer, scaler, classes, iters_per_epoch, world, say):
-    """Load the --r checkpoint into core / optimizer / scaler. Returns session, lr (when resumed), history,
-    start_epoch, start_step and rng (the RNG state to restore at the start of the first epoch, or None)."""
-    out = {'session': args.session, 'history': [], 'start_epoch': args.start_epoch, 'start_step': 0, 'rng': None}
+    """Load the --r checkpoint into core / optimizer / scaler. Returns session, lr, history, start_epoch,
+    start_step and rng (the RNG state to restore at the start of the first epoch, or None); without --r, the
+    command line's values."""
+    out = {'session': args.session, 'lr': args.lr, 'history': [], 'start_epoch': args.start_epoch,
+           'start_step': 0, 'rng': None}
     if not args.resume:
         return out
     load_name = checkpoint_name(output_dir, args.checksession, args.checkepoch, args.checkpoint)
@@ -477,7 +479,7 @@ def _checkpoint_state(args, core, optimizer, scaler, classes, session, epoch, st
         'classes': [str(c) for c in classes], 'anchor_scales': list(cfg.ANCHOR_SCALES),
         'anchor_ratios': list(cfg.ANCHOR_RATIOS), 'cfg': cfg_to_dict(), 'net': args.net,
         'dataset': args.dataset, 'batch_size': args.batch_size,
-        'freeze_stem': bool(getattr(core, 'freeze_stem', True)),
+        'freeze_stem': bool(core.freeze_stem),
         'sampler': train_sampler.state_dict(position=step + 1),
         'rng': get_rng_state(), 'scaler': scaler.state_dict() if scaler is not None else None,
         'history': history, 'format_version': 1,

@@ -156,6 +156,7 @@ def test_vgg_frozen_layers(tiny_cfg, monkeypatch):
     convs = [m for m in model.RCNN_base if isinstance(m, nn.Conv2d)]
     assert len(convs) == 13 and not isinstance(model.RCNN_base[-1], nn.MaxPool2d)
     assert all(p.requires_grad for c in convs for p in c.parameters())   # from scratch every conv trains
+    assert not model.freeze_stem
     assert model.RCNN_cls_score.in_features == 4096
     # on pretrained weights conv1 and conv2 (the first 4 convs) stay fixed, as the original
     import lib.model.faster_rcnn.vgg16 as vgg_module
@@ -165,6 +166,7 @@ def test_vgg_frozen_layers(tiny_cfg, monkeypatch):
     model.create_architecture()
     convs = [m for m in model.RCNN_base if isinstance(m, nn.Conv2d)]
     assert torch.equal(convs[0].weight, weights['features.0.weight'])
+    assert model.freeze_stem
     assert all(not p.requires_grad for c in convs[:4] for p in c.parameters())
     assert all(p.requires_grad for c in convs[4:] for p in c.parameters())
     cfg.POOLING_SIZE = 5
