@@ -33,13 +33,18 @@ def test_param_groups_follow_the_original():
     assert got['fc.bias'] == (0.01, 5e-4)
 
 
-def test_sgd_step_applies_doubled_bias_lr_and_no_bias_decay():
+def _sgd_on_linear(n_in, n_out, lr, weight_decay):
+    """A seeded nn.Linear and build_optimizer's SGD for it: doubled bias lr, no bias decay."""
     torch.manual_seed(0)
-    m = nn.Linear(3, 1)
-    cfg.TRAIN.WEIGHT_DECAY = 0.1
+    m = nn.Linear(n_in, n_out)
+    cfg.TRAIN.WEIGHT_DECAY = weight_decay
     cfg.TRAIN.DOUBLE_BIAS = True
     cfg.TRAIN.BIAS_DECAY = False
-    opt = build_optimizer(m, 'sgd', 0.5)
+    return m, build_optimizer(m, 'sgd', lr)
+
+
+def test_sgd_step_applies_doubled_bias_lr_and_no_bias_decay():
+    m, opt = _sgd_on_linear(3, 1, lr=0.5, weight_decay=0.1)
     assert all(g['momentum'] == cfg.TRAIN.MOMENTUM for g in opt.param_groups)
     w0, b0 = m.weight.detach().clone(), m.bias.detach().clone()
     x = torch.tensor([[1.0, 2.0, 3.0]])
@@ -48,6 +53,23 @@ def test_sgd_step_applies_doubled_bias_lr_and_no_bias_decay():
     # first SGD step: p -= lr * (grad + wd * p); dL/dw = x, dL/db = 1
     assert torch.allclose(m.weight, w0 - 0.5 * (x + 0.1 * w0))
     assert torch.allclose(m.bias, b0 - 1.0 * 1.0)
+
+
+def test_sgd_is_fused_and_matches_momentum_sgd_over_several_steps():
+    m, opt = _sgd_on_linear(4, 2, lr=0.1, weight_decay=0.01)
+    assert opt.defaults['fused']
+    w, b = m.weight.detach().clone(), m.bias.detach().clone()
+    mu = cfg.TRAIN.MOMENTUM
+    for step in range(4):
+        x = torch.randn(3, 4)
+        opt.zero_grad()
+        (m(x) ** 2).sum().backward()
+        gw, gb = m.weight.grad + 0.01 * w, m.bias.grad
+        # torch's SGD: the first step's buffer is the gradient, then v = mu * v + g; p -= lr * v
+        vw, vb = (gw, gb) if step == 0 else (mu * vw + gw, mu * vb + gb)
+        w, b = w - 0.1 * vw, b - 0.2 * vb
+        opt.step()
+        assert torch.allclose(m.weight, w, atol=1e-6) and torch.allclose(m.bias, b, atol=1e-6)
 
 
 def test_adam_uses_the_given_lr():
