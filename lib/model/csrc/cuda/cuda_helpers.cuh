@@ -24,6 +24,19 @@ inline bool fits_int32(int64_t total) {
   return total <= std::numeric_limits<int32_t>::max() - int64_t(65535) * 8 * kThreadsPerBlock;
 }
 
+// Runs launch(int32_t{0}) when a grid-stride loop over total elements fits 32-bit indices (32-bit index math is
+// several times cheaper than 64-bit division on the GPU), else launch(int64_t{0}); then checks the launch.
+// launch is a generic lambda that takes the index type from its argument: using index_t = decltype(index_zero).
+template <typename Launch>
+inline void launch_with_index_type(int64_t total, const Launch& launch) {
+  if (fits_int32(total)) {
+    launch(int32_t{0});
+  } else {
+    launch(int64_t{0});
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
 __device__ inline float dev_floor(float x) { return floorf(x); }
 __device__ inline double dev_floor(double x) { return ::floor(x); }
 __device__ inline float dev_ceil(float x) { return ceilf(x); }

@@ -175,20 +175,13 @@ at::Tensor roi_align_forward_cuda(const at::Tensor& input_, const at::Tensor& ro
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "roi_align_forward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    // 32-bit index math is several times cheaper than 64-bit division on the GPU.
-    const auto launch = [&](auto index_zero) {
+    launch_with_index_type(total, [&](auto index_zero) {
       using index_t = decltype(index_zero);
       roi_align_forward_kernel<scalar_t, acc_t, index_t><<<blocks_for(total), kThreadsPerBlock, 0, stream>>>(
           static_cast<index_t>(total), input.data_ptr<scalar_t>(), rois.data_ptr<scalar_t>(), spatial_scale,
           input.size(0), channels, input.size(2), input.size(3), pooled_height, pooled_width, sampling_ratio,
           output.data_ptr<scalar_t>());
-    };
-    if (fits_int32(total)) {
-      launch(int32_t{0});
-    } else {
-      launch(int64_t{0});
-    }
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
   });
   return output;
 }
@@ -213,20 +206,13 @@ at::Tensor roi_align_backward_cuda(const at::Tensor& grad_, const at::Tensor& ro
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "roi_align_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    // 32-bit index math is several times cheaper than 64-bit division on the GPU.
-    const auto launch = [&](auto index_zero) {
+    launch_with_index_type(total, [&](auto index_zero) {
       using index_t = decltype(index_zero);
       roi_align_backward_kernel<scalar_t, acc_t, index_t><<<blocks_for(total), kThreadsPerBlock, 0, stream>>>(
           static_cast<index_t>(total), grad.data_ptr<scalar_t>(), rois.data_ptr<scalar_t>(), spatial_scale,
           batch_size, channels, height, width, pooled_height, pooled_width, sampling_ratio,
           grad_acc.data_ptr<acc_t>());
-    };
-    if (fits_int32(total)) {
-      launch(int32_t{0});
-    } else {
-      launch(int64_t{0});
-    }
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
   });
   return grad_acc.to(grad_.scalar_type());
 }
