@@ -31,3 +31,12 @@ def test_help_lists_flags(script, flags):
     words = set(out.stdout.replace(',', ' ').replace('[', ' ').replace(']', ' ').split())
     missing = [f for f in flags if f not in words]
     assert not missing, f'{script} --help lacks {missing}'
+
+
+def test_gpu_checks_refuses_an_unknown_stage_before_building(tmp_path):
+    # on a lent GPU every minute counts: a misspelt stage must fail at once, not after the build
+    out = subprocess.run(['bash', os.path.join(ROOT, 'tools', 'gpu_checks.sh'), 'ops', 'tarin'], capture_output=True,
+                         text=True, timeout=60, env={**os.environ, 'OUT': str(tmp_path)})
+    assert out.returncode == 2
+    assert "unknown stage 'tarin'; expected ops, bench or train" in out.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing ran: no summary, no build log

@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# The GPU checks in one prepared run, for a machine that has a CUDA GPU and its own PyTorch but no package
+# registry (e.g. a lent H100): build the ops there, run the CUDA tests and the benchmarks, train and test the GPU
+# main job. Logs and results go to output/gpu_checks; when $OUT is set (the lent machine's folder of files that
+# come back, at most 8 files), summary.txt, the benchmark json files and gpu_checks_logs.tgz are copied there.
+#
+#   bash tools/gpu_checks.sh                  # stages "ops bench": build, CUDA op tests, bench_ops, bench
+#   bash tools/gpu_checks.sh ops              # build, CUDA tests of the ops and the model, bench_ops
+#   bash tools/gpu_checks.sh train            # build, the GPU main job (cfgs/shapes_gpu.yml), test_net
+#
+# Python packages the machine lacks (easydict and pycocotools on the lent H100s) travel as wheels in .whl/:
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+#     -d .whl easydict==1.14 pycocotools==2.0.11
+# Environment: TORCH_CUDA_ARCH_LIST (default 9.0, the H100/H200), TRAIN_ARGS and NET for the train stage.
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+STAGES=${*:-ops bench}
+for s in $STAGES; do  # a typo fails here, not after the build
+  case $s in ops|bench|train) ;; *) echo "unknown stage '$s'; expected ops, bench or train" >&2; exit 2 ;; esac
+done
+LOGS=output/gpu_checks
+rm -rf "$LOGS"
+mkdir -p "$LOGS"
+PY=${PYTHON:-python3}
+export PYTHONUNBUFFERED=1
+status=0
+
+if compgen -G ".whl/*.whl" > /dev/null; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    || exit 1
+  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+
+stage() {  # stage NAME COMMAND...: runs the command, its output to the screen and $LOGS/NAME.log
+  local name=$1; shift
+  local start; start=$(date +%s)
+  echo "== $name: $*"
+  "$@" 2>&1 | tee "$LOGS/$name.log"
+  local rc=${PIPESTATUS[0]}
+  echo "== $name: exit $rc after $(( $(date +%s) - start )) s" | tee -a "$LOGS/summary.txt"
+  [ "$rc" -eq 0 ] || status=1
+  return "$rc"
+}
+
+finish() {  # what comes back from a lent machine: the summary, the json results, every log in one archive
+  if [ -n "${OUT:-}" ]; then
+    mkdir -p "$OUT"
+    cp "$LOGS/summary.txt" "$LOGS"/*.json "$OUT"/ 2>/dev/null
+    tar czf "$OUT/gpu_checks_logs.tgz" --exclude=./models -C "$LOGS" .  # checkpoints stay behind
+  fi
+}
+trap finish EXIT
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$LOGS/summary.txt"
+"$PY" -c "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cuda, torch.cuda.get_device_name())" \
+  | tee -a "$LOGS/summary.txt"
+
+export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
+export MAX_JOBS=${MAX_JOBS:-$(nproc)}
+stage build "$PY" setup.py -q build_ext --inplace || exit 1
+stage built "$PY" -c "import lib.model.roi_layers as r, sys; print('CUDA kernels:', r.built_with_cuda()); \
+sys.exit(0 if r.built_with_cuda() else 1)" || exit 1
+
+for s in $STAGES; do
+  case $s in
+    ops)
+      stage cuda_tests "$PY" -m pytest -q -rs tests/model/roi_layers tests/model/faster_rcnn
+      stage bench_ops "$PY" tools/bench_ops.py --device cuda --json "$LOGS/bench_ops.json"
+      ;;
+    bench)
+      stage bench "$PY" tools/bench.py --device cuda --json "$LOGS/bench.json"
+      ;;
+    train)
+      NET=${NET:-res50}
+      TRAIN_ARGS=${TRAIN_ARGS:-"--amp --bs 8 --nw 8 --lr 0.02 --epochs 12 --lr_decay_step 9"}
+      stage data "$PY" tools/make_shapes_voc.py || continue
+      stage train "$PY" trainval_net.py --dataset shapes --net "$NET" --weights none --cfg cfgs/shapes_gpu.yml --cuda \
+        --s 1 --save_dir "$LOGS/models" --disp_interval 50 $TRAIN_ARGS || continue
+      ckpt=$(ls -t "$LOGS/models/$NET/shapes"/faster_rcnn_1_*.pth | head -n 1)
+      IFS=_ read -r _ _ sess ep step <<< "$(basename "$ckpt" .pth)"
+      stage test "$PY" test_net.py --dataset shapes --net "$NET" --cfg cfgs/shapes_gpu.yml --cuda --load_dir "$LOGS/models" \
+        --checksession "$sess" --checkepoch "$ep" --checkpoint "$step"
+      grep -h -m1 'mAP (the dataset' "$LOGS/test.log" | tee -a "$LOGS/summary.txt"
+      ;;
+  esac
+done
+exit $status
