@@ -2,6 +2,8 @@
 (checkpoint contents, exact resume, the non-finite guard, DDP on 2 CPU processes)."""
 import glob
 import os
+import re
+import signal
 import subprocess
 import sys
 
@@ -12,6 +14,7 @@ import trainval_net
 from lib.model.utils.checkpoint import load_checkpoint
 from lib.model.utils.config import cfg, reset_cfg
 from lib.model.utils.script_utils import setup_cfg
+from lib.model.utils.train_utils import StopRequest
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..'))
 
@@ -183,6 +186,69 @@ def test_nan_loss_stops_training_and_keeps_the_last_checkpoint(tiny_shapes, tmp_
     assert saved == ['faster_rcnn_1_1_1.pth']
     ck = load_checkpoint(str(tmp_path / 'models' / 'res18' / 'custom' / 'faster_rcnn_1_1_1.pth'))
     assert all(torch.isfinite(v).all() for v in ck['model'].values() if v.is_floating_point())
+
+
+@pytest.mark.parametrize('signame,to_group,workers', [('SIGTERM', False, '0'), ('SIGINT', True, '2'),
+                                                      ('SIGTERM', True, '2')])
+def test_a_signal_saves_after_the_current_iteration_and_resume_continues_there(tiny_shapes, tmp_path, signame,
+                                                                              to_group, workers):
+    # SIGTERM to the trainer alone (a scheduler); Ctrl-C and `timeout`, which signal the whole process group,
+    # loader workers included
+    env = {**os.environ, 'PYTHONPATH': ROOT, 'PYTHONUNBUFFERED': '1'}
+    cmd = [sys.executable, os.path.join(ROOT, 'trainval_net.py'),
+           *tiny_argv(tiny_shapes, tmp_path, '--epochs', '50', '--disp_interval', '1', '--checkpoint_interval', '0',
+                      '--nw', workers)]
+    proc = subprocess.Popen(cmd, cwd=str(tmp_path), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    try:
+        seen = []
+        for line in proc.stdout:  # wait until training runs, then send the signal
+            seen.append(line)
+            if line.startswith('[session 1][epoch  1][iter    1/'):
+                if to_group:
+                    os.killpg(proc.pid, getattr(signal, signame))
+                else:
+                    proc.send_signal(getattr(signal, signame))
+                break
+        rest, _ = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    out = ''.join(seen) + rest
+    assert proc.returncode == 0 and 'Traceback' not in out, out[-3000:]
+    m = re.search(f'stopped by {signame} ' + r'after epoch (\d+) iteration (\d+); to continue: --r true '
+                  r'--checksession 1 --checkepoch (\d+) --checkpoint (\d+)', out)
+    assert m, out[-3000:]
+    epoch, step = int(m.group(1)), int(m.group(2))
+    assert (int(m.group(3)), int(m.group(4))) == (epoch, step) and (epoch, step) >= (1, 1)
+    assert (epoch, step) < (50, 0) and 'TOTAL RUNTIME' in out
+    saved = glob.glob(str(tmp_path / 'models' / 'res18' / 'custom' / '*.pth'))
+    name = str(tmp_path / 'models' / 'res18' / 'custom' / f'faster_rcnn_1_{epoch}_{step}.pth')
+    assert name in saved  # the stop checkpoint (epoch ends may have written others before it)
+    ck = load_checkpoint(name)
+    assert (ck['epoch'], ck['step']) == (epoch, step)
+
+    out = train(tiny_args(tiny_shapes, tmp_path, '--epochs', str(epoch + 1), '--disp_interval', '1',
+                          '--checkpoint_interval', '0', '--r', 'true', '--checkepoch', str(epoch),
+                          '--checkpoint', str(step)))
+    first = out['history'][len(ck['history'])]  # the resumed run's first record (the history carries over)
+    iters = ck['iters_per_epoch']
+    assert (first['epoch'], first['step']) == ((epoch, step + 1) if step + 1 < iters else (epoch + 1, 0))
+    assert out['stopped_by'] is None
+
+
+def test_stop_request_takes_the_signals_and_gives_them_back():
+    before = {s: signal.getsignal(s) for s in StopRequest.SIGNALS}
+    with StopRequest() as stop:
+        assert all(signal.getsignal(s) == stop._handle for s in StopRequest.SIGNALS)
+        signal.raise_signal(signal.SIGINT)  # handled: no KeyboardInterrupt
+        assert stop.signal == 'SIGINT'
+        # the first signal gave the previous handlers back: a second Ctrl-C interrupts at once
+        assert {s: signal.getsignal(s) for s in StopRequest.SIGNALS} == before
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+    assert {s: signal.getsignal(s) for s in StopRequest.SIGNALS} == before
+    with StopRequest(enabled=False) as stop:  # DDP ranks: the signals keep their usual effect
+        assert {s: signal.getsignal(s) for s in StopRequest.SIGNALS} == before and stop.signal is None
 
 
 def test_ddp_two_cpu_processes_train_and_rank0_saves_once(tiny_shapes, tmp_path):

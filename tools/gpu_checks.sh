@@ -12,7 +12,8 @@
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
 #     -d .whl easydict==1.14 pycocotools==2.0.11
-# Environment: TORCH_CUDA_ARCH_LIST (default 9.0, the H100/H200), TRAIN_ARGS and NET for the train stage.
+# Environment: TORCH_CUDA_ARCH_LIST (default 9.0, the H100/H200); for the train stage TRAIN_ARGS, NET and
+# TRAIN_SECONDS (default 420: training then stops with a checkpoint, which is tested).
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 STAGES=${*:-ops bench}
@@ -73,10 +74,18 @@ for s in $STAGES; do
       ;;
     train)
       NET=${NET:-res50}
+      TRAIN_SECONDS=${TRAIN_SECONDS:-420}  # a lent machine runs one command for 600 s at most
       TRAIN_ARGS=${TRAIN_ARGS:-"--amp --bs 8 --nw 8 --lr 0.02 --epochs 12 --lr_decay_step 9"}
       stage data "$PY" tools/make_shapes_voc.py || continue
-      stage train "$PY" trainval_net.py --dataset shapes --net "$NET" --weights none --cfg cfgs/shapes_gpu.yml --cuda \
-        --s 1 --save_dir "$LOGS/models" --disp_interval 50 $TRAIN_ARGS || continue
+      # SIGTERM at the limit: the trainer saves a checkpoint after the current iteration, and that one is tested
+      stage train timeout -s TERM "$TRAIN_SECONDS" "$PY" trainval_net.py --dataset shapes --net "$NET" --weights none \
+        --cfg cfgs/shapes_gpu.yml --cuda --s 1 --save_dir "$LOGS/models" --disp_interval 50 $TRAIN_ARGS
+      rc=$?
+      if [ "$rc" -eq 124 ]; then
+        echo "== train: stopped at the $TRAIN_SECONDS s limit; its last checkpoint is tested" | tee -a "$LOGS/summary.txt"
+      elif [ "$rc" -ne 0 ]; then
+        continue
+      fi
       ckpt=$(ls -t "$LOGS/models/$NET/shapes"/faster_rcnn_1_*.pth | head -n 1)
       IFS=_ read -r _ _ sess ep step <<< "$(basename "$ckpt" .pth)"
       stage test "$PY" test_net.py --dataset shapes --net "$NET" --cfg cfgs/shapes_gpu.yml --cuda --load_dir "$LOGS/models" \

@@ -3,7 +3,9 @@ checkpoints with exact resume, DataParallel / DistributedDataParallel, AMP, logg
 """
 import json
 import os
+import signal
 import sys
+import threading
 import time
 import warnings
 from contextlib import nullcontext
@@ -184,11 +186,16 @@ class _WithIndex(torch.utils.data.Dataset):
         return (*self.dataset[index], index)
 
 
-def _seed_worker(worker_id):
+def _init_worker(worker_id):
     # torch seeds each worker (base seed + worker id) but not numpy, which the data layer uses for scales and crops;
     # without this every worker would draw the same numpy numbers.
     import numpy as np
     np.random.seed(torch.initial_seed() % 2 ** 32)
+    # Ctrl-C and `timeout` signal the whole process group: the trainer stops and shuts its workers down
+    # (StopRequest). A worker killed by the signal instead would make torch raise in the trainer, even during
+    # its last checkpoint write. Workers still exit when the trainer dies.
+    for signum in StopRequest.SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def describe_images(roidb, ratio_index):
@@ -254,6 +261,38 @@ def _autocast(device, args):
     return (lambda: torch.autocast('cuda', dtype=dtype)), dtype == torch.float16
 
 
+class StopRequest:
+    """While active, SIGINT (Ctrl-C) and SIGTERM (kill, a scheduler's preemption, timeout) only set ``signal`` to
+    the signal's name; the training loop then saves a checkpoint after the current iteration and stops. The first
+    signal restores the previous handlers, so a second one acts at once. Inactive when disabled or off the main
+    thread (Python delivers signals to the main thread only)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, enabled=True):
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.signal = None
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        self.signal = signal.Signals(signum).name
+        self._restore()
+
+    def _restore(self):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+    def __enter__(self):
+        if self.enabled:
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc):
+        self._restore()
+        return False
+
+
 def _make_sampler(train_size, batch_size, rank, world, seed):
     from lib.roi_data_layer.sampler import sampler
     return sampler(train_size, batch_size, rank=rank, world_size=world, seed=seed)
@@ -268,14 +307,17 @@ def run_training(args, log=None):
     is_main = rank == 0
     log = log or (lambda msg: tqdm.write(msg, file=sys.stdout))
     say = log if is_main else (lambda msg: None)
+    # one process: SIGINT / SIGTERM save a checkpoint after the current iteration and stop. Under DDP every rank
+    # would have to agree on the iteration, so there the signals keep their usual effect.
     try:
-        return _train(args, rank, world, local_rank, is_main, say, start_time)
+        with StopRequest(enabled=world == 1) as stop:
+            return _train(args, rank, world, local_rank, is_main, say, start_time, stop)
     finally:
         if world > 1 and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
 
 
-def _train(args, rank, world, local_rank, is_main, say, start_time):
+def _train(args, rank, world, local_rank, is_main, say, start_time, stop):
     from lib.roi_data_layer.roibatchLoader import roibatchLoader
     from lib.roi_data_layer.roidb import combined_roidb
 
@@ -318,7 +360,7 @@ def _train(args, rank, world, local_rank, is_main, say, start_time):
     dataset = roibatchLoader(roidb, ratio_list, ratio_index, bs, imdb.num_classes, training=True)
     loader_gen = torch.Generator()
     dataloader = torch.utils.data.DataLoader(_WithIndex(dataset), batch_size=bs, sampler=train_sampler,
-                                             num_workers=args.num_workers, worker_init_fn=_seed_worker,
+                                             num_workers=args.num_workers, worker_init_fn=_init_worker,
                                              generator=loader_gen, pin_memory=device.type == 'cuda')
 
     optimizer = build_optimizer(core, args.optimizer, args.lr)
@@ -428,20 +470,28 @@ def _train(args, rank, world, local_rank, is_main, say, start_time):
                 tic = time.time()
 
             last = step == iters_per_epoch - 1
-            if last or (args.checkpoint_interval > 0 and (step + 1) % args.checkpoint_interval == 0):
+            if last or (args.checkpoint_interval > 0 and (step + 1) % args.checkpoint_interval == 0) or stop.signal:
                 save(epoch, step)
+            if stop.signal:
+                say(f'stopped by {stop.signal} after epoch {epoch} iteration {step}; to continue: --r true '
+                    f'--checksession {session} --checkepoch {epoch} --checkpoint {step}')
+                del data_iter  # shuts the loader workers down now (Ctrl-C reached them too), not at exit
+                break
         bar.close()
         if is_main:
             plot_loss_history(history, os.path.join(output_dir, f'loss_{session}.png'),
                               title=f'{args.net} {args.dataset} session {session}')
             with open(os.path.join(output_dir, f'loss_history_{session}.json'), 'w') as f:
                 json.dump(history, f)
+        if stop.signal:
+            break
 
     if writer is not None:
         writer.close()
     total = time.time() - start_time
     say(f'TOTAL RUNTIME WAS {total:.1f} seconds .. or d:h:m:s -> {_format_time(total)}')
-    return {'output_dir': output_dir, 'checkpoints': checkpoints, 'history': history, 'session': session}
+    return {'output_dir': output_dir, 'checkpoints': checkpoints, 'history': history, 'session': session,
+            'stopped_by': stop.signal}
 
 
 def _resume(args, output_dir, core, optimizer, scaler, classes, iters_per_epoch, world, say):
