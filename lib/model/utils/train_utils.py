@@ -300,7 +300,8 @@ def _make_sampler(train_size, batch_size, rank, world, seed):
 
 def run_training(args, log=None):
     """Train as trainval_net.py does, from parsed arguments. Returns a dict with output_dir, checkpoints (paths
-    written, in order) and history (one record per display: iter, epoch, step, loss, the 4 losses, lr).
+    written, in order), history (one record per display: iter, epoch, step, loss, the 4 losses, lr), session and
+    stopped_by (the name of the signal that stopped the run early, see StopRequest, or None).
     """
     start_time = time.time()
     rank, world, local_rank = init_distributed(args.cuda)
