@@ -236,6 +236,16 @@ def test_a_signal_saves_after_the_current_iteration_and_resume_continues_there(t
     assert out['stopped_by'] is None
 
 
+def test_a_run_with_loader_workers_ends_and_exits(tiny_shapes, tmp_path):
+    # the workers' signal handlers must not keep the process from exiting once training is done
+    env = {**os.environ, 'PYTHONPATH': ROOT}
+    cmd = [sys.executable, os.path.join(ROOT, 'trainval_net.py'),
+           *tiny_argv(tiny_shapes, tmp_path, '--epochs', '2', '--max_iters', '3', '--nw', '2')]
+    out = subprocess.run(cmd, cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0 and 'Traceback' not in out.stderr, out.stderr[-3000:]
+    assert 'TOTAL RUNTIME' in out.stdout
+
+
 def test_stop_request_takes_the_signals_and_gives_them_back():
     before = {s: signal.getsignal(s) for s in StopRequest.SIGNALS}
     with StopRequest() as stop:

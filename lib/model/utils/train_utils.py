@@ -191,11 +191,16 @@ def _init_worker(worker_id):
     # without this every worker would draw the same numpy numbers.
     import numpy as np
     np.random.seed(torch.initial_seed() % 2 ** 32)
-    # Ctrl-C and `timeout` signal the whole process group: the trainer stops and shuts its workers down
-    # (StopRequest). A worker killed by the signal instead would make torch raise in the trainer, even during
-    # its last checkpoint write. Workers still exit when the trainer dies.
-    for signum in StopRequest.SIGNALS:
-        signal.signal(signum, signal.SIG_IGN)
+    # Ctrl-C and `timeout` signal the whole process group, workers included, while the trainer finishes its
+    # iteration and checkpoint (StopRequest). A worker killed by a signal makes torch raise in the trainer, even
+    # during that checkpoint write; one that exits with status 0 does not. So a worker ignores SIGINT and leaves
+    # quietly on SIGTERM (which is also how the loader and multiprocessing end their workers).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _exit_quietly)
+
+
+def _exit_quietly(signum, frame):
+    os._exit(0)
 
 
 def describe_images(roidb, ratio_index):
@@ -476,8 +481,8 @@ def _train(args, rank, world, local_rank, is_main, say, start_time, stop):
             if stop.signal:
                 say(f'stopped by {stop.signal} after epoch {epoch} iteration {step}; to continue: --r true '
                     f'--checksession {session} --checkepoch {epoch} --checkpoint {step}')
-                del data_iter  # shuts the loader workers down now (Ctrl-C reached them too), not at exit
                 break
+        del data_iter  # shuts the loader workers down now, not at interpreter exit
         bar.close()
         if is_main:
             plot_loss_history(history, os.path.join(output_dir, f'loss_{session}.png'),
