@@ -75,7 +75,6 @@ def load_model_weights(model, state_dict, net, path):
     model.load_state_dict(state_dict)
 
 
-
 def resolve_bn_stats(ck, mode='auto'):
     """'running' or 'batch': how BatchNorm normalises at test time.
 

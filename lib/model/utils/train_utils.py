@@ -411,6 +411,7 @@ def _train(args, rank, world, local_rank, is_main, say, start_time, stop):
         checkpoints.append(name)
         say(f'save model: {name}')
 
+    stopping = False  # a signal was seen at the end of an iteration (StopRequest)
     for epoch in range(start_epoch, args.max_epochs + 1):
         model.train()
         first_step = start_step if epoch == start_epoch else 0
@@ -476,9 +477,11 @@ def _train(args, rank, world, local_rank, is_main, say, start_time, stop):
                 tic = time.time()
 
             last = step == iters_per_epoch - 1
-            if last or (args.checkpoint_interval > 0 and (step + 1) % args.checkpoint_interval == 0) or stop.signal:
+            # read once: a signal arriving between the save and the break would stop without its checkpoint
+            stopping = stop.signal is not None
+            if last or (args.checkpoint_interval > 0 and (step + 1) % args.checkpoint_interval == 0) or stopping:
                 save(epoch, step)
-            if stop.signal:
+            if stopping:
                 say(f'stopped by {stop.signal} after epoch {epoch} iteration {step}; to continue: --r true '
                     f'--checksession {session} --checkepoch {epoch} --checkpoint {step}')
                 break
@@ -489,7 +492,7 @@ def _train(args, rank, world, local_rank, is_main, say, start_time, stop):
                               title=f'{args.net} {args.dataset} session {session}')
             with open(os.path.join(output_dir, f'loss_history_{session}.json'), 'w') as f:
                 json.dump(history, f)
-        if stop.signal:
+        if stopping:
             break
 
     if writer is not None:
@@ -497,7 +500,7 @@ def _train(args, rank, world, local_rank, is_main, say, start_time, stop):
     total = time.time() - start_time
     say(f'TOTAL RUNTIME WAS {total:.1f} seconds .. or d:h:m:s -> {_format_time(total)}')
     return {'output_dir': output_dir, 'checkpoints': checkpoints, 'history': history, 'session': session,
-            'stopped_by': stop.signal}
+            'stopped_by': stop.signal if stopping else None}
 
 
 def _resume(args, output_dir, core, optimizer, scaler, classes, iters_per_epoch, world, say):
