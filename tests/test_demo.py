@@ -37,7 +37,8 @@ def model_dir(tmp_path_factory):
     images.mkdir()
     for name in sorted(os.listdir(os.path.join(root, 'JPEGImages')))[:2]:
         shutil.copy(os.path.join(root, 'JPEGImages', name), images / name)
-    return tmp
+    yield tmp
+    shutil.rmtree(tmp, ignore_errors=True)  # the checkpoint is ~100 MB
 
 
 def _argv(tmp, *extra):

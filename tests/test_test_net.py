@@ -1,6 +1,7 @@
 """test_net.py and the shared inference code: per-class NMS and top-k, detection files, checkpoint-driven model
 restoration, and a full evaluation of a briefly trained tiny model."""
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -92,7 +93,8 @@ def trained(tmp_path_factory):
         'ANCHOR_SCALES', '[2, 4]'])
     out = run_training(args, log=lambda m: None)
     reset_cfg()
-    return {'root': root, 'tmp': tmp, 'checkpoint': out['checkpoints'][-1]}
+    yield {'root': root, 'tmp': tmp, 'checkpoint': out['checkpoints'][-1]}
+    shutil.rmtree(tmp, ignore_errors=True)  # the checkpoint is ~100 MB
 
 
 def _test_argv(trained, *extra):
