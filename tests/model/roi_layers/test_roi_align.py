@@ -169,6 +169,15 @@ def test_backward_checks_grad_shape():
                                                  0)
 
 
+def test_batch_index_out_of_range_is_refused_forward_and_backward():
+    rois = torch.tensor([[1.0, 0, 0, 1, 1], [2.0, 0, 0, 1, 1]])
+    with pytest.raises(RuntimeError, match=r'roi_align_forward: roi 1 has batch index 2, expected one in \[0, 2\)'):
+        roi_align(torch.zeros(2, 1, 4, 4), rois, 2, 1.0)
+    with pytest.raises(RuntimeError, match=r'roi_align_backward: roi 0 has batch index -1, expected one in \[0, 2\)'):
+        torch.ops.faster_rcnn.roi_align_backward(torch.zeros(1, 1, 2, 2), torch.tensor([[-1.0, 0, 0, 1, 1]]), 1.0,
+                                                 2, 2, 2, 1, 4, 4, 0)
+
+
 def test_autocast_cpu_runs_in_float32_and_returns_input_dtype():
     x = torch.randn(1, 2, 6, 6, dtype=torch.bfloat16)
     rois = torch.tensor([[0.0, 0.0, 0.0, 20.0, 20.0]])

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "../checks.h"
+#include "roi_cpu_checks.h"
 
 namespace faster_rcnn {
 
@@ -124,24 +125,6 @@ struct RoiBlockTables {
   }
 };
 
-void check_cpu_tensor(const at::Tensor& t, const char* what, const char* op) {
-  TORCH_CHECK(t.is_cpu(), op, ": expected CPU tensors, got ", what, " on ", t.device());
-  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, op,
-              ": expected float32 or float64 ", what, " on the CPU, got ", t.scalar_type());
-}
-
-template <typename scalar_t>
-std::vector<int64_t> batch_indices(const scalar_t* rois, int64_t num_rois, int64_t batch_size, const char* op) {
-  std::vector<int64_t> batch(num_rois);
-  for (int64_t n = 0; n < num_rois; ++n) {
-    const scalar_t b = rois[n * 5];
-    TORCH_CHECK(b >= 0 && b < batch_size, op, ": roi ", n, " has batch index ", b, ", expected one in [0, ",
-                batch_size, ")");
-    batch[n] = static_cast<int64_t>(b);
-  }
-  return batch;
-}
-
 void check_sampling_ratio(int64_t sampling_ratio, const char* op) {
   TORCH_CHECK(sampling_ratio >= 0, op, ": expected sampling_ratio >= 0 (0 = adaptive), got ", sampling_ratio);
 }
@@ -151,7 +134,7 @@ at::Tensor roi_align_forward_cpu(const at::Tensor& input_, const at::Tensor& roi
   constexpr const char* op = "roi_align_forward";
   check_roi_inputs(input_, rois_, pooled_height, pooled_width, spatial_scale, op);
   check_sampling_ratio(sampling_ratio, op);
-  check_cpu_tensor(input_, "input", op);
+  check_cpu_roi_tensor(input_, "input", op);
   const int64_t batch_size = input_.size(0), channels = input_.size(1);
   const int64_t height = input_.size(2), width = input_.size(3);
   const int64_t num_rois = rois_.size(0);
@@ -166,7 +149,7 @@ at::Tensor roi_align_forward_cpu(const at::Tensor& input_, const at::Tensor& roi
     const scalar_t* in = input.data_ptr<scalar_t>();
     const scalar_t* rp = rois.data_ptr<scalar_t>();
     scalar_t* out = output.data_ptr<scalar_t>();
-    const std::vector<int64_t> batch = batch_indices(rp, num_rois, batch_size, op);
+    const std::vector<int64_t> batch = roi_batch_indices(rp, num_rois, batch_size, op);
     const int64_t roi_blocks = (num_rois + kRoiBlock - 1) / kRoiBlock;
     const int64_t channel_blocks = (channels + kChannelBlock - 1) / kChannelBlock;
     // Tasks are (roi block, channel block) pairs, roi block major, so a thread's consecutive tasks reuse
@@ -210,7 +193,7 @@ at::Tensor roi_align_backward_cpu(const at::Tensor& grad_, const at::Tensor& roi
   check_roi_backward_inputs(grad_, rois_, pooled_height, pooled_width, spatial_scale, batch_size, channels,
                             height, width, op);
   check_sampling_ratio(sampling_ratio, op);
-  check_cpu_tensor(grad_, "grad", op);
+  check_cpu_roi_tensor(grad_, "grad", op);
   at::Tensor grad_input = at::zeros({batch_size, channels, height, width}, grad_.options());
   const int64_t num_rois = rois_.size(0);
   if (num_rois == 0 || grad_input.numel() == 0) {
@@ -223,7 +206,7 @@ at::Tensor roi_align_backward_cpu(const at::Tensor& grad_, const at::Tensor& roi
     const scalar_t* g = grad.data_ptr<scalar_t>();
     const scalar_t* rp = rois.data_ptr<scalar_t>();
     scalar_t* gi = grad_input.data_ptr<scalar_t>();
-    const std::vector<int64_t> batch = batch_indices(rp, num_rois, batch_size, op);
+    const std::vector<int64_t> batch = roi_batch_indices(rp, num_rois, batch_size, op);
     // Each thread owns a range of channels of grad_input, so the scatter needs no atomics; every thread
     // builds the sample tables itself, which is cheap next to the channel sweep.
     at::parallel_for(0, channels, kChannelBlock, [&](int64_t c_begin, int64_t c_end) {

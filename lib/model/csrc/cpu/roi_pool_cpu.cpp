@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "../checks.h"
+#include "roi_cpu_checks.h"
 
 namespace faster_rcnn {
 
@@ -21,26 +22,6 @@ namespace {
 // Rois and channels are swept in blocks so that a channel plane stays in L1 while a block of rois reads it.
 constexpr int64_t kRoiBlock = 32;
 constexpr int64_t kChannelBlock = 64;
-
-void check_cpu_roi_tensor(const at::Tensor& t, const char* what, const char* op) {
-  TORCH_CHECK(t.is_cpu(), op, ": expected CPU tensors, got ", what, " on ", t.device());
-  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, op,
-              ": expected float32 or float64 ", what, " on the CPU, got ", t.scalar_type());
-}
-
-// Returns the batch index of every roi, checked against the batch size so a bad roi cannot read out of bounds.
-template <typename scalar_t>
-std::vector<int64_t> roi_batch_indices(const scalar_t* rois, int64_t num_rois, int64_t batch_size,
-                                       const char* op) {
-  std::vector<int64_t> batch(num_rois);
-  for (int64_t n = 0; n < num_rois; ++n) {
-    const scalar_t b = rois[n * 5];
-    TORCH_CHECK(b >= 0 && b < batch_size, op, ": roi ", n, " has batch index ", b, ", expected one in [0, ",
-                batch_size, ")");
-    batch[n] = static_cast<int64_t>(b);
-  }
-  return batch;
-}
 
 // Bin edges of one roi, clipped to the feature map: bins[p] = {hstart, hend, wstart, wend}.
 template <typename scalar_t>
