@@ -16,7 +16,7 @@ import numpy as np
 import scipy.sparse
 
 from lib.datasets import ds_utils
-from lib.datasets.imdb import imdb
+from lib.datasets.imdb import box_offsets, concat_field, imdb
 from lib.model.utils.config import cfg
 
 _CACHE_VERSION = 1
@@ -112,30 +112,20 @@ class coco(imdb):
                 'gt_ishard': np.zeros_like(gt_classes), 'gt_iscrowd': crowd,
                 'gt_overlaps': scipy.sparse.csr_matrix(overlaps), 'flipped': False, 'seg_areas': seg_areas}
 
-    def _save_cache(self, cache_file, fingerprint, roidb):
-        offsets = np.concatenate(([0], np.cumsum([r['boxes'].shape[0] for r in roidb]))).astype(np.int64)
-        cat = lambda k, dt: (np.concatenate([r[k] for r in roidb]).astype(dt) if roidb else np.zeros(0, dt))
-        tmp = f'{cache_file}.{os.getpid()}.tmp.npz'
-        np.savez(tmp, fingerprint=np.array(fingerprint), offsets=offsets,
-                 boxes=cat('boxes', np.float32).reshape(-1, 4), gt_classes=cat('gt_classes', np.int32),
-                 gt_iscrowd=cat('gt_iscrowd', np.int32), seg_areas=cat('seg_areas', np.float32),
-                 width=np.array([r['width'] for r in roidb], np.int64),
-                 height=np.array([r['height'] for r in roidb], np.int64))
-        os.replace(tmp, cache_file)
+    def _cache_arrays(self, roidb):
+        return {'offsets': box_offsets(roidb), 'boxes': concat_field(roidb, 'boxes', np.float32, (0, 4)),
+                'gt_classes': concat_field(roidb, 'gt_classes', np.int32),
+                'gt_iscrowd': concat_field(roidb, 'gt_iscrowd', np.int32),
+                'seg_areas': concat_field(roidb, 'seg_areas', np.float32),
+                'width': np.array([r['width'] for r in roidb], np.int64),
+                'height': np.array([r['height'] for r in roidb], np.int64)}
 
-    def _load_cache(self, cache_file, fingerprint):
-        try:
-            with np.load(cache_file, allow_pickle=False) as data:
-                if str(data['fingerprint']) != fingerprint:
-                    return None
-                d = {k: data[k] for k in data.files}
-        except (OSError, ValueError, KeyError):
-            return None
+    def _roidb_from_cache(self, d):
         off = d['offsets']
         if len(off) != len(self._image_index) + 1:
             return None
-        return [self._make_entry(d['boxes'][off[i]:off[i + 1]].copy(), d['gt_classes'][off[i]:off[i + 1]].copy(),
-                                 d['gt_iscrowd'][off[i]:off[i + 1]].copy(), d['seg_areas'][off[i]:off[i + 1]].copy(),
+        return [self._make_entry(*(d[k][off[i]:off[i + 1]].copy()
+                                   for k in ('boxes', 'gt_classes', 'gt_iscrowd', 'seg_areas')),
                                  d['width'][i], d['height'][i])
                 for i in range(len(self._image_index))]
 

@@ -9,13 +9,17 @@ A roidb is a list with one dict per image:
     width, height  int            image size in pixels
     flipped      bool
 """
+import logging
 import os
 import os.path as osp
+import zipfile
 
 import numpy as np
 import PIL.Image
 
 from lib.model.utils.config import cfg
+
+logger = logging.getLogger(__name__)
 
 ROOT_DIR = cfg.ROOT_DIR
 
@@ -42,6 +46,36 @@ def flip_boxes(boxes, width):
     flipped[:, 0] = width - boxes[:, 2] - 1
     flipped[:, 2] = width - boxes[:, 0] - 1
     return flipped
+
+
+
+def write_npz_cache(path, fingerprint, arrays):
+    """Write arrays (and the fingerprint of the files they come from) to an .npz, atomically."""
+    tmp = f'{path}.{os.getpid()}.tmp.npz'
+    np.savez(tmp, fingerprint=np.array(fingerprint), **arrays)
+    os.replace(tmp, path)
+
+
+def read_npz_cache(path, fingerprint):
+    """The arrays of an .npz cache; None when it was written for other files or cannot be read (no pickles)."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if str(data['fingerprint']) != fingerprint:
+                return None
+            return {k: data[k] for k in data.files}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        logger.warning('%s: unreadable cache (%s); rebuilding', path, e)
+        return None
+
+
+def concat_field(roidb, key, dtype, shape=(0,)):
+    """roidb[i][key] of every image, concatenated (an empty array of ``shape`` for an empty roidb)."""
+    return np.concatenate([r[key] for r in roidb]).astype(dtype) if roidb else np.zeros(shape, dtype=dtype)
+
+
+def box_offsets(roidb):
+    """[N + 1] int64: image i's boxes are rows offsets[i]:offsets[i + 1] of the concatenated fields."""
+    return np.concatenate(([0], np.cumsum([r['boxes'].shape[0] for r in roidb]))).astype(np.int64)
 
 
 class imdb(object):
@@ -119,19 +153,21 @@ class imdb(object):
     def gt_roidb(self):
         """The ground-truth roidb, from the .npz cache when its fingerprint matches, else parsed and cached.
 
-        Subclasses provide ``_fingerprint()``, ``_cache_file()``, ``_load_annotation(index)`` and the cache's
-        ``_save_cache`` / ``_load_cache`` (``_load_cache`` returns None for a stale or unreadable file).
+        Subclasses provide ``_fingerprint()``, ``_cache_file()``, ``_load_annotation(index)``, and the cache's
+        contents: ``_cache_arrays(roidb)`` (a dict of numpy arrays) and ``_roidb_from_cache(arrays)`` (the
+        roidb, or None when the arrays do not fit this dataset).
         """
         fingerprint = self._fingerprint()
         cache_file = self._cache_file()
         if osp.isfile(cache_file):
-            roidb = self._load_cache(cache_file, fingerprint)
+            arrays = read_npz_cache(cache_file, fingerprint)
+            roidb = None if arrays is None else self._roidb_from_cache(arrays)
             if roidb is not None:
                 print(f'{self.name} gt roidb loaded from {cache_file}')
                 return roidb
             print(f'{self.name}: cache {cache_file} is out of date (its dataset files changed); rebuilding')
         roidb = [self._load_annotation(index) for index in self._image_index]
-        self._save_cache(cache_file, fingerprint, roidb)
+        write_npz_cache(cache_file, fingerprint, self._cache_arrays(roidb))
         print(f'wrote gt roidb to {cache_file}')
         return roidb
 

@@ -9,11 +9,14 @@ files' 1-based coordinates, which is why the results files are written 1-based.
 """
 import hashlib
 import json
+import logging
 import os
 
 import numpy as np
 
 from lib.datasets.voc_xml import parse_voc_xml
+
+logger = logging.getLogger(__name__)
 
 _CACHE_VERSION = 1
 
@@ -82,10 +85,13 @@ def load_annotations(annopath, imagesetfile, cachedir=None):
         base = os.path.splitext(os.path.basename(imagesetfile))[0]
         cachefile = os.path.join(cachedir, f'annots_{base}_{key}.json')
         if os.path.isfile(cachefile):
-            with open(cachefile, 'r') as f:
-                data = json.load(f)
-            if data.get('key') == key:
-                return data['imagenames'], data['recs']
+            try:
+                with open(cachefile, 'r') as f:
+                    data = json.load(f)
+                if data.get('key') == key:
+                    return data['imagenames'], data['recs']
+            except (OSError, ValueError, AttributeError) as e:  # a damaged file: parse the annotations again
+                logger.warning('%s: unreadable annotation cache (%s); rebuilding', cachefile, e)
 
     recs = {name: parse_rec(annopath.format(name)) for name in imagenames}
     if cachefile is not None:

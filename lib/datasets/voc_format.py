@@ -21,7 +21,7 @@ import uuid
 import numpy as np
 import scipy.sparse
 
-from lib.datasets.imdb import image_size, imdb
+from lib.datasets.imdb import box_offsets, concat_field, image_size, imdb
 from lib.datasets.voc_eval import eval_match, load_annotations, match_detections, read_detections, voc_ap
 from lib.datasets.voc_xml import AnnotationError, parse_voc_xml
 
@@ -242,29 +242,16 @@ class voc_format(imdb):
         return {'boxes': boxes, 'gt_classes': gt_classes, 'gt_ishard': ishards, 'gt_overlaps': overlaps,
                 'flipped': False, 'seg_areas': seg_areas, 'width': int(width), 'height': int(height)}
 
-    def _save_cache(self, cache_file, fingerprint, roidb):
-        counts = np.array([r['boxes'].shape[0] for r in roidb], dtype=np.int64)
-        offsets = np.concatenate(([0], np.cumsum(counts)))
-        cat = (lambda key, shape, dt: np.concatenate([r[key] for r in roidb]).astype(dt) if roidb
-               else np.zeros(shape, dtype=dt))
-        tmp = f'{cache_file}.{os.getpid()}.tmp.npz'
-        np.savez(tmp, fingerprint=np.array(fingerprint), index=np.array(self._image_index, dtype=str),
-                 image_paths=np.array([self.image_path_from_index(i) for i in self._image_index], dtype=str),
-                 offsets=offsets, boxes=cat('boxes', (0, 4), np.float32).reshape(-1, 4),
-                 gt_classes=cat('gt_classes', (0,), np.int32), gt_ishard=cat('gt_ishard', (0,), np.int32),
-                 width=np.array([r['width'] for r in roidb], dtype=np.int64),
-                 height=np.array([r['height'] for r in roidb], dtype=np.int64))
-        os.replace(tmp, cache_file)
+    def _cache_arrays(self, roidb):
+        return {'index': np.array(self._image_index, dtype=str),
+                'image_paths': np.array([self.image_path_from_index(i) for i in self._image_index], dtype=str),
+                'offsets': box_offsets(roidb), 'boxes': concat_field(roidb, 'boxes', np.float32, (0, 4)),
+                'gt_classes': concat_field(roidb, 'gt_classes', np.int32),
+                'gt_ishard': concat_field(roidb, 'gt_ishard', np.int32),
+                'width': np.array([r['width'] for r in roidb], dtype=np.int64),
+                'height': np.array([r['height'] for r in roidb], dtype=np.int64)}
 
-    def _load_cache(self, cache_file, fingerprint):
-        try:
-            with np.load(cache_file, allow_pickle=False) as data:
-                if str(data['fingerprint']) != fingerprint:
-                    return None
-                d = {k: data[k] for k in data.files}
-        except (OSError, ValueError, KeyError) as e:
-            logger.warning('%s: unreadable cache (%s); rebuilding', cache_file, e)
-            return None
+    def _roidb_from_cache(self, d):
         off = d['offsets']
         roidb = []
         for i, index in enumerate(d['index'].tolist()):

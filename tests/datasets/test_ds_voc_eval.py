@@ -171,3 +171,16 @@ def test_results_files_are_one_based_in_competition_mode(make_voc):
         assert f.read() == 'a 0.750 3.0 4.0 12.0 20.0\n'
     with pytest.raises(ValueError, match='all_boxes has 1 classes, expected 2'):
         imdb.evaluate_detections([[dets]], None)
+
+
+@pytest.mark.parametrize('damage', ['', '{"key": ', '[1, 2]'])
+def test_a_damaged_annotation_cache_is_parsed_again(eval_files, caplog, damage):
+    annopath, imageset, cachedir = eval_files
+    names, recs = load_annotations(annopath, imageset, cachedir)
+    (name,) = os.listdir(cachedir)
+    with open(os.path.join(cachedir, name), 'w') as f:
+        f.write(damage)
+    assert load_annotations(annopath, imageset, cachedir) == (names, recs)
+    assert f'{name}: unreadable annotation cache' in caplog.text
+    with open(os.path.join(cachedir, name)) as f:  # rewritten whole
+        assert json.load(f)['imagenames'] == names

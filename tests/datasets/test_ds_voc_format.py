@@ -83,6 +83,23 @@ def test_cache_is_npz_without_pickle_and_reused(make_voc, capsys):
     np.testing.assert_array_equal(roidb[0]['boxes'], [[0, 0, 4, 4]])
 
 
+@pytest.mark.parametrize('damage', [b'', b'PK\x03\x04 not a zip', b'\x93NUMPY garbage'])
+def test_a_damaged_cache_is_rebuilt_with_a_warning(make_voc, capsys, caplog, damage):
+    root = make_voc([('a', 20, 20, [('dog', 1, 1, 5, 5)])], classes=['dog'])
+    voc_format('trainval', root).roidb
+    cache_dir = os.path.join(cfg.DATA_DIR, 'cache')
+    (name,) = [f for f in os.listdir(cache_dir) if f.endswith('_gt_roidb.npz')]
+    with open(os.path.join(cache_dir, name), 'wb') as f:  # e.g. a disk that filled up, a copy cut short
+        f.write(damage)
+    capsys.readouterr()
+    roidb = voc_format('trainval', root).roidb
+    assert f'{name}: unreadable cache' in caplog.text
+    assert 'out of date' in capsys.readouterr().out
+    np.testing.assert_array_equal(roidb[0]['boxes'], [[0, 0, 4, 4]])
+    with np.load(os.path.join(cache_dir, name), allow_pickle=False) as d:  # rewritten whole
+        np.testing.assert_array_equal(d['boxes'], [[0, 0, 4, 4]])
+
+
 def test_cache_rebuilds_when_the_image_set_or_an_annotation_changes(make_voc, capsys):
     root = make_voc([('a', 20, 20, [('dog', 1, 1, 5, 5)]), ('b', 20, 20, [('dog', 2, 2, 8, 8)])], classes=['dog'])
     assert len(voc_format('trainval', root).roidb) == 2
