@@ -21,7 +21,8 @@ def build_parser():
     p.add_argument('--disp_interval', dest='disp_interval', default=100, type=int,
                    help='number of iterations between log lines')
     p.add_argument('--checkpoint_interval', dest='checkpoint_interval', default=10000, type=int,
-                   help='save a checkpoint every N iterations within an epoch (and always at its end); 0: epoch ends only')
+                   help='save a checkpoint every N iterations within an epoch (and always at its end); '
+                        '0: epoch ends only')
     p.add_argument('--save_dir', dest='save_dir', default='models', type=str,
                    help='directory to save models (in <save_dir>/<net>/<dataset>)')
     p.add_argument('--nw', dest='num_workers', default=0, type=int, help='number of workers to load data')

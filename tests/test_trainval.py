@@ -190,8 +190,8 @@ def test_nan_loss_stops_training_and_keeps_the_last_checkpoint(tiny_shapes, tmp_
 
 @pytest.mark.parametrize('signame,to_group,workers', [('SIGTERM', False, '0'), ('SIGINT', True, '2'),
                                                       ('SIGTERM', True, '2')])
-def test_a_signal_saves_after_the_current_iteration_and_resume_continues_there(tiny_shapes, tmp_path, signame,
-                                                                              to_group, workers):
+def test_a_signal_saves_after_the_current_iteration_and_resume_continues_there(
+        tiny_shapes, tmp_path, signame, to_group, workers):
     # SIGTERM to the trainer alone (a scheduler); Ctrl-C and `timeout`, which signal the whole process group,
     # loader workers included
     env = {**os.environ, 'PYTHONPATH': ROOT, 'PYTHONUNBUFFERED': '1'}
@@ -269,8 +269,8 @@ def test_ddp_two_cpu_processes_train_and_rank0_saves_once(tiny_shapes, tmp_path)
     out = subprocess.run(cmd, cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     # 6 images + flips = 12 entries, bs 1, 2 processes: 6 iterations each; only rank 0 logs and saves
-    lines = [l for l in out.stdout.splitlines() if l.startswith('[session 1][epoch  1]')]
-    assert [l.split(']')[2] for l in lines] == [f'[iter {i:4d}/   6' for i in range(6)]
+    lines = [line for line in out.stdout.splitlines() if line.startswith('[session 1][epoch  1]')]
+    assert [line.split(']')[2] for line in lines] == [f'[iter {i:4d}/   6' for i in range(6)]
     saved = sorted(os.path.basename(p) for p in glob.glob(str(tmp_path / 'models' / 'res18' / 'custom' / '*.pth')))
     assert saved == ['faster_rcnn_1_1_5.pth']
     ck = load_checkpoint(str(tmp_path / 'models' / 'res18' / 'custom' / 'faster_rcnn_1_1_5.pth'))

@@ -10,7 +10,8 @@ import time
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), '..')))
 
-from lib.datasets.shapes import DEFAULT_PARAMS, default_root, ensure_shapes_dataset, generate_shapes_dataset  # noqa: E402
+from lib.datasets.shapes import (DEFAULT_PARAMS, default_root, ensure_shapes_dataset,  # noqa: E402
+                                 generate_shapes_dataset)
 
 
 def parse_args(argv=None):

@@ -48,7 +48,6 @@ def flip_boxes(boxes, width):
     return flipped
 
 
-
 def write_npz_cache(path, fingerprint, arrays):
     """Write arrays (and the fingerprint of the files they come from) to an .npz, atomically."""
     tmp = f'{path}.{os.getpid()}.tmp.npz'

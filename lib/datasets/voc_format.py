@@ -373,7 +373,9 @@ class voc_format(imdb):
 
     def _print_table(self, result):
         main = 'VOC07 11-point' if self._use_07_metric else 'VOC area'
-        fmt = lambda v: '   n/a' if v is None else f'{v:6.4f}'
+
+        def fmt(v):
+            return '   n/a' if v is None else f'{v:6.4f}'
         width = max(12, max(len(c) for c in self._classes[1:]))
         print(f'{self.name}: AP per class at IoU 0.5 (main metric: {main})')
         print(f'{"class":<{width}}  AP07    AParea  AP@[.5:.95]')

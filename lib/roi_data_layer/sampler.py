@@ -23,7 +23,8 @@ class RatioBlockSampler(Sampler):
             two ranks; when the block count does not divide evenly, full blocks from the start of the permutation
             are repeated (as DistributedSampler pads) so every rank runs the same number of batches.
     Each epoch (world_size 1) yields every position exactly once. Without set_epoch, each new pass moves to the
-    next epoch (so blocks are reshuffled every epoch, as in the original); set_epoch(e) sets it explicitly. state_dict()/load_state_dict() resume inside an epoch.
+    next epoch (so blocks are reshuffled every epoch, as in the original); set_epoch(e) sets it explicitly.
+    state_dict()/load_state_dict() resume inside an epoch.
     """
 
     def __init__(self, train_size, batch_size, seed=0, rank=0, world_size=1):

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 
-
 @pytest.fixture(autouse=True)
 def _tmp_data_dir(tmp_data_dir):
     return tmp_data_dir

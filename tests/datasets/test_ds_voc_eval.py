@@ -66,7 +66,8 @@ def test_voc_eval_difficult_and_duplicates(eval_files, tmp_path):
 def test_voc_eval_ties_keep_file_order_and_threshold_is_strict(eval_files, tmp_path):
     annopath, imageset, cachedir = eval_files
     det = tmp_path / 'det_cat.txt'
-    # same score: the first line (IoU 121/441 = 0.27 with the cat) is a FP, the second (exact) a TP -> prec 0, .5; rec 0, 1
+    # same score: the first line (IoU 121/441 = 0.27 with the cat) is a FP, the second (exact) a TP:
+    # prec 0, .5; rec 0, 1
     det.write_text('b 0.8 40 40 50 50\nb 0.8 40 40 60 60\n')
     rec, prec, ap = voc_eval(str(det), annopath, imageset, 'cat', cachedir)
     np.testing.assert_allclose(rec, [0, 1])

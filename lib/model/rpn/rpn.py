@@ -49,7 +49,6 @@ class _RPN(nn.Module):
         Returns:
             rois [B, P, 5], rpn_loss_cls (0-dim), rpn_loss_box (0-dim); the losses are zeros in eval mode.
         """
-        B = base_feat.size(0)
         rpn_conv1 = F.relu(self.RPN_Conv(base_feat), inplace=True)
         rpn_cls_score = self.RPN_cls_score(rpn_conv1)  # (B, 2A, H, W)
 

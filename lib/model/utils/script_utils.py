@@ -17,6 +17,7 @@ from lib.model.utils.config import cfg, cfg_from_file, cfg_from_list, cfg_to_dic
 
 NETS = ('vgg16', 'res18', 'res34', 'res50', 'res101', 'res152')
 
+
 # imdb names for training and testing, and the cfg keys each dataset sets (the original's table; 'shapes' is the
 # synthetic set of this project and 'custom' a VOC-format folder given by --data_path).
 def _dataset(imdb_name, imdbval_name, anchor_scales, max_num_gt_boxes):

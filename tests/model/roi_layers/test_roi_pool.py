@@ -169,5 +169,5 @@ def test_cuda_matches_cpu(dtype):
     g = torch.randn(ref.shape, generator=torch.Generator().manual_seed(0))
     out.backward(g.to(dtype).cuda())
     ref.backward(g.to(dtype).float())
-    torch.testing.assert_close(xc.grad.float().cpu(), xf.grad, **({} if dtype == torch.float32 else
-                                                                    {'rtol': 1e-2, 'atol': 1e-2}))
+    tol = {} if dtype == torch.float32 else {'rtol': 1e-2, 'atol': 1e-2}
+    torch.testing.assert_close(xc.grad.float().cpu(), xf.grad, **tol)

@@ -60,6 +60,7 @@ def test_sgd_is_fused_and_matches_momentum_sgd_over_several_steps():
     assert opt.defaults['fused']
     w, b = m.weight.detach().clone(), m.bias.detach().clone()
     mu = cfg.TRAIN.MOMENTUM
+    vw = vb = None  # momentum buffers
     for step in range(4):
         x = torch.randn(3, 4)
         opt.zero_grad()
