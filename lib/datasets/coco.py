@@ -16,7 +16,7 @@ import numpy as np
 import scipy.sparse
 
 from lib.datasets import ds_utils
-from lib.datasets.imdb import box_offsets, concat_field, imdb
+from lib.datasets.imdb import concat_field, imdb
 from lib.model.utils.config import cfg
 
 _CACHE_VERSION = 1
@@ -113,12 +113,8 @@ class coco(imdb):
                 'gt_overlaps': scipy.sparse.csr_matrix(overlaps), 'flipped': False, 'seg_areas': seg_areas}
 
     def _cache_arrays(self, roidb):
-        return {'offsets': box_offsets(roidb), 'boxes': concat_field(roidb, 'boxes', np.float32, (0, 4)),
-                'gt_classes': concat_field(roidb, 'gt_classes', np.int32),
-                'gt_iscrowd': concat_field(roidb, 'gt_iscrowd', np.int32),
-                'seg_areas': concat_field(roidb, 'seg_areas', np.float32),
-                'width': np.array([r['width'] for r in roidb], np.int64),
-                'height': np.array([r['height'] for r in roidb], np.int64)}
+        return {'gt_iscrowd': concat_field(roidb, 'gt_iscrowd', np.int32),
+                'seg_areas': concat_field(roidb, 'seg_areas', np.float32)}
 
     def _roidb_from_cache(self, d):
         off = d['offsets']

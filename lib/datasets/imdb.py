@@ -72,9 +72,14 @@ def concat_field(roidb, key, dtype, shape=(0,)):
     return np.concatenate([r[key] for r in roidb]).astype(dtype) if roidb else np.zeros(shape, dtype=dtype)
 
 
-def box_offsets(roidb):
-    """[N + 1] int64: image i's boxes are rows offsets[i]:offsets[i + 1] of the concatenated fields."""
-    return np.concatenate(([0], np.cumsum([r['boxes'].shape[0] for r in roidb]))).astype(np.int64)
+def _roidb_arrays(roidb):
+    """The fields every roidb cache stores: offsets ([N + 1]: image i's boxes are rows offsets[i]:offsets[i + 1]
+    of the concatenated per-box fields), boxes, gt_classes, width and height."""
+    return {'offsets': np.concatenate(([0], np.cumsum([r['boxes'].shape[0] for r in roidb]))).astype(np.int64),
+            'boxes': concat_field(roidb, 'boxes', np.float32, (0, 4)),
+            'gt_classes': concat_field(roidb, 'gt_classes', np.int32),
+            'width': np.array([r['width'] for r in roidb], dtype=np.int64),
+            'height': np.array([r['height'] for r in roidb], dtype=np.int64)}
 
 
 class imdb(object):
@@ -153,8 +158,9 @@ class imdb(object):
         """The ground-truth roidb, from the .npz cache when its fingerprint matches, else parsed and cached.
 
         Subclasses provide ``_fingerprint()``, ``_cache_file()``, ``_load_annotation(index)``, and the cache's
-        contents: ``_cache_arrays(roidb)`` (a dict of numpy arrays) and ``_roidb_from_cache(arrays)`` (the
-        roidb, or None when the arrays do not fit this dataset).
+        contents: ``_cache_arrays(roidb)`` (a dict of the numpy arrays it stores besides offsets, boxes,
+        gt_classes, width and height) and ``_roidb_from_cache(arrays)`` (the roidb, or None when the arrays do
+        not fit this dataset).
         """
         fingerprint = self._fingerprint()
         cache_file = self._cache_file()
@@ -166,7 +172,7 @@ class imdb(object):
                 return roidb
             print(f'{self.name}: cache {cache_file} is out of date (its dataset files changed); rebuilding')
         roidb = [self._load_annotation(index) for index in self._image_index]
-        write_npz_cache(cache_file, fingerprint, self._cache_arrays(roidb))
+        write_npz_cache(cache_file, fingerprint, {**_roidb_arrays(roidb), **self._cache_arrays(roidb)})
         print(f'wrote gt roidb to {cache_file}')
         return roidb
 

@@ -21,7 +21,7 @@ import uuid
 import numpy as np
 import scipy.sparse
 
-from lib.datasets.imdb import box_offsets, concat_field, image_size, imdb
+from lib.datasets.imdb import concat_field, image_size, imdb
 from lib.datasets.voc_eval import eval_match, load_annotations, match_detections, read_detections, voc_ap
 from lib.datasets.voc_xml import AnnotationError, parse_voc_xml
 
@@ -245,11 +245,7 @@ class voc_format(imdb):
     def _cache_arrays(self, roidb):
         return {'index': np.array(self._image_index, dtype=str),
                 'image_paths': np.array([self.image_path_from_index(i) for i in self._image_index], dtype=str),
-                'offsets': box_offsets(roidb), 'boxes': concat_field(roidb, 'boxes', np.float32, (0, 4)),
-                'gt_classes': concat_field(roidb, 'gt_classes', np.int32),
-                'gt_ishard': concat_field(roidb, 'gt_ishard', np.int32),
-                'width': np.array([r['width'] for r in roidb], dtype=np.int64),
-                'height': np.array([r['height'] for r in roidb], dtype=np.int64)}
+                'gt_ishard': concat_field(roidb, 'gt_ishard', np.int32)}
 
     def _roidb_from_cache(self, d):
         off = d['offsets']
