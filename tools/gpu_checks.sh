@@ -4,8 +4,11 @@
 # main job. Logs and results go to output/gpu_checks; when $OUT is set (the lent machine's folder of files that
 # come back, at most 8 files), summary.txt, the benchmark json files and gpu_checks_logs.tgz are copied there.
 #
-#   bash tools/gpu_checks.sh                  # stages "ops bench": build, CUDA op tests, bench_ops, bench
+#   bash tools/gpu_checks.sh                  # stages "ops bench probe": build, CUDA op tests, bench_ops, bench,
+#                                             # and the main job's training speed with the TRAIN_ARGS to use
 #   bash tools/gpu_checks.sh ops              # build, CUDA tests of the ops and the model, bench_ops
+#   bash tools/gpu_checks.sh probe            # build, 80 iterations of the GPU main job: images/s, and the
+#                                             # --epochs / --lr_decay_step that fill TRAIN_SECONDS
 #   bash tools/gpu_checks.sh train            # build, the GPU main job (cfgs/shapes_gpu.yml), test_net
 #
 # Python packages the machine lacks (easydict and pycocotools on the lent H100s) travel as wheels in .whl/:
@@ -16,9 +19,9 @@
 # TRAIN_SECONDS (default 390: training then stops with a checkpoint, which is tested).
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-STAGES=${*:-ops bench}
+STAGES=${*:-ops bench probe}
 for s in $STAGES; do  # a typo fails here, not after the build
-  case $s in ops|bench|train) ;; *) echo "unknown stage '$s'; expected ops, bench or train" >&2; exit 2 ;; esac
+  case $s in ops|bench|probe|train) ;; *) echo "unknown stage '$s'; expected ops, bench, probe or train" >&2; exit 2 ;; esac
 done
 LOGS=output/gpu_checks
 rm -rf "$LOGS"
@@ -48,7 +51,7 @@ finish() {  # what comes back from a lent machine: the summary, the json results
   if [ -n "${OUT:-}" ]; then
     mkdir -p "$OUT"
     cp "$LOGS/summary.txt" "$LOGS"/*.json "$OUT"/ 2>/dev/null
-    tar czf "$OUT/gpu_checks_logs.tgz" --exclude=./models -C "$LOGS" .  # checkpoints stay behind
+    tar czf "$OUT/gpu_checks_logs.tgz" --exclude=./models --exclude=./probe_models -C "$LOGS" .  # not the checkpoints
   fi
 }
 trap finish EXIT
@@ -56,6 +59,10 @@ trap finish EXIT
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$LOGS/summary.txt"
 "$PY" -c "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cuda, torch.cuda.get_device_name())" \
   | tee -a "$LOGS/summary.txt"
+
+NET=${NET:-res50}
+TRAIN_SECONDS=${TRAIN_SECONDS:-390}  # one command runs 600 s at most: build, data, train, two tests
+TRAIN_ARGS=${TRAIN_ARGS:-"--amp --bs 8 --nw 8 --lr 0.02 --epochs 12 --lr_decay_step 9"}
 
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
 export MAX_JOBS=${MAX_JOBS:-$(nproc)}
@@ -72,10 +79,29 @@ for s in $STAGES; do
     bench)
       stage bench "$PY" tools/bench.py --device cuda --json "$LOGS/bench.json"
       ;;
+    probe)
+      # the main job's training speed, so that the train stage's schedule, lr decay included, fits TRAIN_SECONDS
+      # (the time limit would cut a longer one, perhaps before its decay; a shorter one leaves time unused)
+      stage data "$PY" tools/make_shapes_voc.py || continue
+      stage probe "$PY" trainval_net.py --dataset shapes --net "$NET" --weights none --cfg cfgs/shapes_gpu.yml \
+        --cuda --s 9 --save_dir "$LOGS/probe_models" $TRAIN_ARGS --disp_interval 20 --epochs 1 --max_iters 80 \
+        --checkpoint_interval 0 || continue  # after TRAIN_ARGS: the last of a repeated flag wins
+      "$PY" - "$LOGS/probe.log" "$TRAIN_SECONDS" "$TRAIN_ARGS" <<'PYEOF' | tee -a "$LOGS/summary.txt"
+import re, sys
+log, seconds, args = open(sys.argv[1]).read(), float(sys.argv[2]), sys.argv[3].split()
+bs = int(args[args.index('--bs') + 1]) if '--bs' in args else 1
+costs = [float(x) for x in re.findall(r'time cost: ([0-9.]+)', log)]
+entries = re.search(r'(\d+) roidb entries', log)
+if len(costs) < 2 or not entries:
+    sys.exit('probe: no timing in the log')
+ips = bs * 20 / costs[-1]  # the last 20 iterations: past cuDNN's autotuning
+per_epoch = int(entries.group(1)) // bs * bs
+epochs = max(1, int((seconds - 30) * ips // per_epoch))  # 30 s: start-up and the epoch-end saves
+step = max(1, round(0.75 * epochs) - 1)  # the original's rule decays at epoch step + 1
+print(f'probe: {ips:.1f} images/s at --bs {bs}; for TRAIN_SECONDS={seconds:.0f}: --epochs {epochs} --lr_decay_step {step}')
+PYEOF
+      ;;
     train)
-      NET=${NET:-res50}
-      TRAIN_SECONDS=${TRAIN_SECONDS:-390}  # one command runs 600 s at most: build, data, train, two tests
-      TRAIN_ARGS=${TRAIN_ARGS:-"--amp --bs 8 --nw 8 --lr 0.02 --epochs 12 --lr_decay_step 9"}
       stage data "$PY" tools/make_shapes_voc.py || continue
       # SIGTERM at the limit: the trainer saves a checkpoint after the current iteration, and that one is tested
       stage train timeout -s TERM "$TRAIN_SECONDS" "$PY" trainval_net.py --dataset shapes --net "$NET" --weights none \
