@@ -128,6 +128,22 @@ def test_checkpoints_hold_the_full_state(tiny_shapes, tmp_path):
     assert os.path.isfile(os.path.join(outdir, 'cfg_1.yml')) and os.path.isfile(os.path.join(outdir, 'loss_1.png'))
 
 
+def test_the_log_holds_what_the_gpu_probe_reads(tiny_shapes, tmp_path):
+    # tools/gpu_checks.sh's probe stage reads the image count and the display timings from this log
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('probe_schedule', os.path.join(ROOT, 'tools', 'probe_schedule.py'))
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    lines = []
+    from lib.model.utils.train_utils import run_training
+    reset_cfg()
+    run_training(tiny_args(tiny_shapes, tmp_path, '--epochs', '1', '--max_iters', '3', '--disp_interval', '1'),
+                 log=lines.append)
+    ips, epochs, step = probe.probe_schedule('\n'.join(lines), 3600, bs=1, disp_interval=1)
+    assert ips > 0 and epochs >= 1 and step >= 1
+    assert '12 roidb entries' in lines  # 6 images and their flips
+
+
 def test_resume_mid_epoch_reproduces_the_uninterrupted_run(tiny_shapes, tmp_path):
     common = ('--epochs', '2', '--max_iters', '3', '--checkpoint_interval', '2', '--disp_interval', '1',
               '--lr_decay_step', '1', '--lr_decay_gamma', '0.5')

@@ -86,20 +86,7 @@ for s in $STAGES; do
       stage probe "$PY" trainval_net.py --dataset shapes --net "$NET" --weights none --cfg cfgs/shapes_gpu.yml \
         --cuda --s 9 --save_dir "$LOGS/probe_models" $TRAIN_ARGS --disp_interval 20 --epochs 1 --max_iters 80 \
         --checkpoint_interval 0 || continue  # after TRAIN_ARGS: the last of a repeated flag wins
-      "$PY" - "$LOGS/probe.log" "$TRAIN_SECONDS" "$TRAIN_ARGS" <<'PYEOF' | tee -a "$LOGS/summary.txt"
-import re, sys
-log, seconds, args = open(sys.argv[1]).read(), float(sys.argv[2]), sys.argv[3].split()
-bs = int(args[args.index('--bs') + 1]) if '--bs' in args else 1
-costs = [float(x) for x in re.findall(r'time cost: ([0-9.]+)', log)]
-entries = re.search(r'(\d+) roidb entries', log)
-if len(costs) < 2 or not entries:
-    sys.exit('probe: no timing in the log')
-ips = bs * 20 / costs[-1]  # the last 20 iterations: past cuDNN's autotuning
-per_epoch = int(entries.group(1)) // bs * bs
-epochs = max(1, int((seconds - 30) * ips // per_epoch))  # 30 s: start-up and the epoch-end saves
-step = max(1, round(0.75 * epochs) - 1)  # the original's rule decays at epoch step + 1
-print(f'probe: {ips:.1f} images/s at --bs {bs}; for TRAIN_SECONDS={seconds:.0f}: --epochs {epochs} --lr_decay_step {step}')
-PYEOF
+      "$PY" tools/probe_schedule.py "$LOGS/probe.log" "$TRAIN_SECONDS" "$TRAIN_ARGS" | tee -a "$LOGS/summary.txt"
       ;;
     train)
       stage data "$PY" tools/make_shapes_voc.py || continue

@@ -1,0 +1,50 @@
+"""tools/probe_schedule.py: the schedule that fits a time limit, read from a trainval_net.py log."""
+import importlib.util
+import os.path as osp
+
+import pytest
+
+from lib.model.utils.train_utils import lr_decay_due
+
+ROOT = osp.abspath(osp.join(osp.dirname(__file__), '..'))
+
+
+@pytest.fixture(scope='module')
+def probe():
+    spec = importlib.util.spec_from_file_location('probe_schedule', osp.join(ROOT, 'tools', 'probe_schedule.py'))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def fake_log(entries, costs):
+    lines = [f'{entries} roidb entries']
+    for step, cost in zip(range(0, 20 * len(costs), 20), costs):
+        lines += [f'[session 9][epoch  1][iter {step:4d}/  80] loss: 1.0000, lr: 2.00e-02',
+                  f'\t\t\tfg/bg=(32/96), time cost: {cost:f}']
+    return '\n'.join(lines)
+
+
+def test_speed_comes_from_the_last_interval_and_the_decay_falls_at_three_quarters(probe):
+    # 8 images x 20 iterations in 2 s = 80 images/s; (390 - 30) s x 80 = 28 800 images = 19 epochs of 1512
+    ips, epochs, step = probe.probe_schedule(fake_log(1518, [9.0, 2.5, 2.0]), 390, bs=8)
+    assert ips == pytest.approx(80.0)
+    assert epochs == 19 and step == 13
+    decays = [e for e in range(1, epochs + 1) if lr_decay_due(e, step)]
+    assert decays == [14]  # one decay, after 13 of the 19 epochs
+
+
+def test_a_slow_machine_still_gets_one_epoch(probe):
+    assert probe.probe_schedule(fake_log(1518, [1.0, 500.0]), 390, bs=8)[1:] == (1, 1)
+
+
+@pytest.mark.parametrize('log', ['1518 roidb entries\n\t\t\tfg/bg=(32/96), time cost: 2.0',
+                                 fake_log(1518, [9.0, 2.0]).replace('1518 roidb entries', '')])
+def test_a_log_without_timings_or_size_is_refused(probe, log):
+    with pytest.raises(ValueError, match='roidb entries'):
+        probe.probe_schedule(log, 390, bs=8)
+
+
+def test_batch_size_is_read_from_the_train_args(probe):
+    assert probe.batch_size('--amp --bs 8 --nw 8') == 8
+    assert probe.batch_size('--amp --nw 8') == 1
