@@ -4,8 +4,8 @@
 # main job. Logs and results go to output/gpu_checks; when $OUT is set (the lent machine's folder of files that
 # come back, at most 8 files), summary.txt, the benchmark json files and gpu_checks_logs.tgz are copied there.
 #
-#   bash tools/gpu_checks.sh                  # stages "ops bench probe": build, CUDA op tests, bench_ops, bench,
-#                                             # and the main job's training speed with the TRAIN_ARGS to use
+#   bash tools/gpu_checks.sh                  # stages "ops probe bench": build, CUDA op tests, bench_ops,
+#                                             # the main job's speed and the TRAIN_ARGS to use, bench
 #   bash tools/gpu_checks.sh ops              # build, CUDA tests of the ops and the model, bench_ops
 #   bash tools/gpu_checks.sh probe            # build, 80 iterations of the GPU main job: images/s, and the
 #                                             # --epochs / --lr_decay_step that fill TRAIN_SECONDS
@@ -19,7 +19,7 @@
 # TRAIN_SECONDS (default 390: training then stops with a checkpoint, which is tested).
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-STAGES=${*:-ops bench probe}
+STAGES=${*:-ops probe bench}
 for s in $STAGES; do  # a typo fails here, not after the build
   case $s in ops|bench|probe|train) ;; *) echo "unknown stage '$s'; expected ops, bench, probe or train" >&2; exit 2 ;; esac
 done
