@@ -1,4 +1,7 @@
 """Shared fixtures: every test starts from the default cfg, and CUDA tests skip cleanly without a GPU."""
+import importlib.util
+import os.path as osp
+
 import pytest
 import torch
 
@@ -10,6 +13,19 @@ def _fresh_cfg():
     reset_cfg()
     yield
     reset_cfg()
+
+
+@pytest.fixture(scope='session')
+def load_tool():
+    """load_tool(name) imports tools/<name>.py (tools/ is a folder of scripts, not a package)."""
+    root = osp.abspath(osp.join(osp.dirname(__file__), '..'))
+
+    def load(name):
+        spec = importlib.util.spec_from_file_location(name, osp.join(root, 'tools', f'{name}.py'))
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+    return load
 
 
 @pytest.fixture

@@ -1,19 +1,12 @@
 """Smoke test of tools/bench.py at CI size: every section runs on the CPU and prints its rows."""
-import importlib.util
 import json
-import os.path as osp
 
 import pytest
 
-ROOT = osp.abspath(osp.join(osp.dirname(__file__), '..'))
-
 
 @pytest.fixture(scope='module')
-def bench():
-    spec = importlib.util.spec_from_file_location('bench', osp.join(ROOT, 'tools', 'bench.py'))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def bench(load_tool):
+    return load_tool('bench')
 
 
 def test_bench_cpu_smoke(bench, tmp_path, capsys):

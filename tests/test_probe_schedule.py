@@ -1,20 +1,12 @@
 """tools/probe_schedule.py: the schedule that fits a time limit, read from a trainval_net.py log."""
-import importlib.util
-import os.path as osp
-
 import pytest
 
 from lib.model.utils.train_utils import lr_decay_due
 
-ROOT = osp.abspath(osp.join(osp.dirname(__file__), '..'))
-
 
 @pytest.fixture(scope='module')
-def probe():
-    spec = importlib.util.spec_from_file_location('probe_schedule', osp.join(ROOT, 'tools', 'probe_schedule.py'))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def probe(load_tool):
+    return load_tool('probe_schedule')
 
 
 def fake_log(entries, costs):

@@ -128,12 +128,9 @@ def test_checkpoints_hold_the_full_state(tiny_shapes, tmp_path):
     assert os.path.isfile(os.path.join(outdir, 'cfg_1.yml')) and os.path.isfile(os.path.join(outdir, 'loss_1.png'))
 
 
-def test_the_log_holds_what_the_gpu_probe_reads(tiny_shapes, tmp_path):
+def test_the_log_holds_what_the_gpu_probe_reads(tiny_shapes, tmp_path, load_tool):
     # tools/gpu_checks.sh's probe stage reads the image count and the display timings from this log
-    import importlib.util
-    spec = importlib.util.spec_from_file_location('probe_schedule', os.path.join(ROOT, 'tools', 'probe_schedule.py'))
-    probe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(probe)
+    probe = load_tool('probe_schedule')
     lines = []
     from lib.model.utils.train_utils import run_training
     reset_cfg()

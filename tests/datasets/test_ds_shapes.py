@@ -140,12 +140,8 @@ def test_bad_parameters():
         shapes.ensure_shapes_dataset('/nonexistent/x', min_size=100, max_size=50)
 
 
-def test_make_shapes_voc_cli(tmp_path, capsys):
-    import importlib.util
-    path = os.path.join(os.path.dirname(__file__), '..', '..', 'tools', 'make_shapes_voc.py')
-    spec = importlib.util.spec_from_file_location('make_shapes_voc', path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+def test_make_shapes_voc_cli(tmp_path, capsys, load_tool):
+    mod = load_tool('make_shapes_voc')
     root = str(tmp_path / 'cli' / 'VOC2007')
     mod.main(['--root', root, '--num-train', '3', '--num-test', '1', '--min-size', '64', '--max-size', '70',
               '--workers', '1'])
