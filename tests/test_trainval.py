@@ -46,10 +46,10 @@ def tiny_args(data_root, tmp_path, *extra):
     return trainval_net.parse_args(tiny_argv(data_root, tmp_path, *extra))
 
 
-def train(args):
+def train(args, log=lambda msg: None):
     from lib.model.utils.train_utils import run_training
     reset_cfg()
-    return run_training(args, log=lambda msg: None)
+    return run_training(args, log=log)
 
 
 # ------------------------------------------------------------------------------------------------ flags and cfg
@@ -132,10 +132,8 @@ def test_the_log_holds_what_the_gpu_probe_reads(tiny_shapes, tmp_path, load_tool
     # tools/gpu_checks.sh's probe stage reads the image count and the display timings from this log
     probe = load_tool('probe_schedule')
     lines = []
-    from lib.model.utils.train_utils import run_training
-    reset_cfg()
-    run_training(tiny_args(tiny_shapes, tmp_path, '--epochs', '1', '--max_iters', '3', '--disp_interval', '1'),
-                 log=lines.append)
+    train(tiny_args(tiny_shapes, tmp_path, '--epochs', '1', '--max_iters', '3', '--disp_interval', '1'),
+          log=lines.append)
     ips, epochs, step = probe.probe_schedule('\n'.join(lines), 3600, bs=1, disp_interval=1)
     assert ips > 0 and epochs >= 1 and step >= 1
     assert '12 roidb entries' in lines  # 6 images and their flips
