@@ -56,10 +56,12 @@ def write_npz_cache(path, fingerprint, arrays):
 
 
 def read_npz_cache(path, fingerprint):
-    """The arrays of an .npz cache; None when it was written for other files or cannot be read (no pickles)."""
+    """The arrays of an .npz cache (no pickles); None, saying why, when it was written for other files or cannot
+    be read."""
     try:
         with np.load(path, allow_pickle=False) as data:
             if str(data['fingerprint']) != fingerprint:
+                print(f'cache {path} is out of date (its dataset files changed); rebuilding')
                 return None
             return {k: data[k] for k in data.files}
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
@@ -170,7 +172,8 @@ class imdb(object):
             if roidb is not None:
                 print(f'{self.name} gt roidb loaded from {cache_file}')
                 return roidb
-            print(f'{self.name}: cache {cache_file} is out of date (its dataset files changed); rebuilding')
+            if arrays is not None:
+                print(f'{self.name}: cache {cache_file} does not fit this dataset; rebuilding')
         roidb = [self._load_annotation(index) for index in self._image_index]
         write_npz_cache(cache_file, fingerprint, {**_roidb_arrays(roidb), **self._cache_arrays(roidb)})
         print(f'wrote gt roidb to {cache_file}')
