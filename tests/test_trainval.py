@@ -199,6 +199,22 @@ def test_nan_loss_stops_training_and_keeps_the_last_checkpoint(tiny_shapes, tmp_
     assert all(torch.isfinite(v).all() for v in ck['model'].values() if v.is_floating_point())
 
 
+def test_multi_scale_blocks_draw_a_new_scale_every_epoch(tiny_shapes, tmp_path, monkeypatch):
+    """With several TRAIN.SCALES and --bs > 1 a block's scale comes from (seed, epoch, block): the loader must
+    see each epoch's number, or every block keeps one scale for the whole run."""
+    from lib.roi_data_layer.roibatchLoader import roibatchLoader
+    seen = []
+    get = roibatchLoader.__getitem__
+
+    def recording_getitem(self, index):
+        seen.append((self.epoch, index))
+        return get(self, index)
+    monkeypatch.setattr(roibatchLoader, '__getitem__', recording_getitem)
+    argv = tiny_argv(tiny_shapes, tmp_path, '--epochs', '3', '--max_iters', '1', '--bs', '2')
+    train(trainval_net.parse_args(argv + ['TRAIN.SCALES', '[80, 96, 112]']))  # the end of the --set list
+    assert [e for e, _ in seen] == [1, 1, 2, 2, 3, 3]
+
+
 @pytest.mark.parametrize('signame,to_group,workers', [('SIGTERM', False, '0'), ('SIGINT', True, '2'),
                                                       ('SIGTERM', True, '2')])
 def test_a_signal_saves_after_the_current_iteration_and_resume_continues_there(

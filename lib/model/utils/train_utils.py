@@ -419,6 +419,7 @@ def _train(args, rank, world, local_rank, is_main, say, start_time, stop):
             adjust_learning_rate(optimizer, args.lr_decay_gamma)
             lr *= args.lr_decay_gamma
         train_sampler.load_state_dict({'epoch': epoch, 'position': first_step})
+        dataset.set_epoch(epoch)  # before iter(): workers copy the dataset then (the block scales vary by epoch)
         # A per-epoch generator for the loader's base seed: creating the iterator then draws nothing from the
         # global RNG, so a resumed run consumes random numbers exactly as the uninterrupted one did.
         loader_gen.manual_seed(seed * 1000003 + epoch)
