@@ -9,6 +9,7 @@ import sys
 
 import pytest
 import torch
+import torchvision
 
 import trainval_net
 from lib.model.utils.checkpoint import load_checkpoint
@@ -126,6 +127,21 @@ def test_checkpoints_hold_the_full_state(tiny_shapes, tmp_path):
     assert len(out['history']) == 3 and all(h['lr'] == pytest.approx(0.01) for h in out['history'])
     outdir = out['output_dir']
     assert os.path.isfile(os.path.join(outdir, 'cfg_1.yml')) and os.path.isfile(os.path.join(outdir, 'loss_1.png'))
+
+
+def test_without_weights_training_starts_from_the_original_pretrained_file(tiny_shapes, tmp_path, capsys):
+    argv = tiny_argv(tiny_shapes, tmp_path, '--epochs', '1', '--max_iters', '1')
+    i = argv.index('--weights')
+    argv = argv[:i] + argv[i + 2:]  # no --weights at all
+    expected = tmp_path / 'data' / 'pretrained_model' / 'resnet18_caffe.pth'
+    with pytest.raises(FileNotFoundError, match=re.escape(str(expected))):
+        train(trainval_net.parse_args(argv))
+    expected.parent.mkdir(parents=True)
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), expected)
+    capsys.readouterr()
+    out = train(trainval_net.parse_args(argv))
+    assert f'Loading pretrained weights from {expected}' in capsys.readouterr().out
+    assert load_checkpoint(out['checkpoints'][-1])['freeze_stem'] is True
 
 
 def test_the_log_holds_what_the_gpu_probe_reads(tiny_shapes, tmp_path, load_tool):

@@ -356,7 +356,8 @@ def _train(args, rank, world, local_rank, is_main, say, start_time, stop):
 
     # the model is built before the data loader: loading pretrained weights sets cfg.INPUT_FORMAT, which the
     # loader's image normalisation follows
-    pretrained = str(args.weights).lower() != 'none'
+    # no --weights: the original's data/pretrained_model/<net>_caffe.pth; 'none': from scratch
+    pretrained = args.weights is None or str(args.weights).lower() != 'none'
     weights = args.weights if pretrained else None
     core = build_detector(args.net, imdb.classes, pretrained=pretrained, class_agnostic=args.class_agnostic,
                           weights=weights)
