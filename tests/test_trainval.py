@@ -178,6 +178,58 @@ def test_resume_mid_epoch_reproduces_the_uninterrupted_run(tiny_shapes, tmp_path
         assert torch.equal(v, again['model'][k]), k
 
 
+def test_resume_rebuilds_the_checkpoint_model_whatever_the_flags_say(tiny_shapes, tmp_path):
+    """Anchors, --cag and the trained stem come from the checkpoint (the first run used 3 anchor scales, --cag and
+    --weights none; the resumed command has the yml's 5 scales, no --cag and no --weights), and the cfg keys that
+    still differ are named."""
+    first = tiny_argv(tiny_shapes, tmp_path, '--epochs', '2', '--max_iters', '2', '--cag')
+    ck_path = train(trainval_net.parse_args(first + ['ANCHOR_SCALES', '[2, 4, 8]']))['checkpoints'][0]
+    assert os.path.basename(ck_path) == 'faster_rcnn_1_1_1.pth'
+    again = tiny_argv(tiny_shapes, tmp_path, '--epochs', '2', '--max_iters', '2', '--r', '--checkepoch', '1',
+                      '--checkpoint', '1')
+    i = again.index('--weights')
+    logs = []
+    out = train(trainval_net.parse_args(again[:i] + again[i + 2:] + ['TRAIN.BATCH_SIZE', '8']), log=logs.append)
+    text = '\n'.join(logs)
+    assert "cfg differs from" in text and 'TRAIN.BATCH_SIZE: 16 -> 8' in text and 'ANCHOR_SCALES' not in text
+    assert 'continuing at epoch 2, iteration 0' in text
+    assert 'was trained with --cag; continuing so' in text
+    ck = load_checkpoint(out['checkpoints'][-1])
+    assert ck['anchor_scales'] == [2, 4, 8] and ck['class_agnostic'] is True and ck['freeze_stem'] is False
+    assert ck['model']['RCNN_rpn.RPN_cls_score.weight'].shape[0] == 2 * 3 * 3
+
+
+def test_resume_from_a_checkpoint_in_the_original_format(tiny_shapes, tmp_path):
+    """The original saved session, epoch + 1, model, optimizer, pooling_mode and class_agnostic; --r resumed at
+    the start of that epoch with the optimizer's lr."""
+    common = ('--epochs', '3', '--max_iters', '2', '--lr_decay_step', '1', '--lr_decay_gamma', '0.5')
+    resume = ('--r', '--checkepoch', '1', '--checkpoint', '1')
+
+    def to_original_format(path):
+        ck = load_checkpoint(path)
+        torch.save({'session': 1, 'epoch': 2, 'model': ck['model'], 'optimizer': ck['optimizer'],
+                    'pooling_mode': 'align', 'class_agnostic': False}, path)
+
+    # the original always froze the stem: a from-scratch run's optimizer (stem included) cannot be one of its
+    scratch = train(tiny_args(tiny_shapes, tmp_path, '--epochs', '1', '--max_iters', '2'))
+    to_original_format(scratch['checkpoints'][0])
+    with pytest.raises(ValueError, match="its optimizer state does not fit this model's trainable parameters"):
+        train(tiny_args(tiny_shapes, tmp_path, *common, *resume))
+
+    weights = tmp_path / 'data' / 'pretrained_model' / 'resnet18_caffe.pth'
+    weights.parent.mkdir(parents=True)
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
+    full = train(tiny_args(tiny_shapes, tmp_path, *common, '--weights', str(weights)))
+    to_original_format(full['checkpoints'][0])  # faster_rcnn_1_1_1: the end of epoch 1
+    logs = []
+    out = train(tiny_args(tiny_shapes, tmp_path, *common, *resume), log=logs.append)
+    assert 'continuing at epoch 2, iteration 0' in '\n'.join(logs)
+    assert [os.path.basename(p) for p in out['checkpoints']] == ['faster_rcnn_1_2_1.pth', 'faster_rcnn_1_3_1.pth']
+    # epoch 2 halves the optimizer's 0.01 once; epoch 3 keeps it, as in the uninterrupted run
+    assert [load_checkpoint(p)['lr'] for p in out['checkpoints']] == pytest.approx([0.005, 0.005])
+    assert [h['lr'] for h in out['history']] == [h['lr'] for h in full['history']][2:]
+
+
 def _nan_on_call(monkeypatch, bad_call):
     """Make the model's rpn_loss_cls NaN on its bad_call-th training forward (0-based)."""
     from lib.model.utils import train_utils

@@ -168,6 +168,19 @@ def setup_cfg(dataset, net, large_scale=False, cfg_file=None, set_cfgs=None, sto
     return used
 
 
+def cfg_differences(stored_cfg, ignore=('DATA_DIR', 'ROOT_DIR', 'EXP_DIR', 'CUDA', 'USE_GPU_NMS')):
+    """'KEY: stored -> current' for every cfg key whose value differs from a checkpoint's stored cfg dict."""
+    def flat(d, prefix=''):
+        for k, v in d.items():
+            if isinstance(v, dict):
+                yield from flat(v, f'{prefix}{k}.')
+            else:
+                yield f'{prefix}{k}', v
+    current = dict(flat(cfg_to_dict()))
+    return [f'{k}: {v} -> {current[k]}' for k, v in flat(stored_cfg or {})
+            if k in current and k not in ignore and v != current[k]]
+
+
 def print_cfg(file=None):
     print('Using config:', file=file)
     print(pprint.pformat(cfg_to_dict()), file=file)
@@ -213,12 +226,14 @@ def seed_everything(seed, deterministic=False):
         os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
 
 
-def build_detector(net, classes, pretrained=False, class_agnostic=False, weights=None):
+def build_detector(net, classes, pretrained=False, class_agnostic=False, weights=None, freeze_stem=None):
     """The Faster R-CNN for --net with its architecture created.
 
     Args:
         weights: pretrained backbone file; None means the model's default (data/pretrained_model/...);
             ignored unless pretrained.
+        freeze_stem: whether the first layers stay fixed (default: when pretrained); a checkpoint's model is
+            rebuilt as it trained.
     """
     if net not in NETS:
         raise ValueError(f'unknown --net {net!r}; expected one of {", ".join(NETS)}')
@@ -234,6 +249,8 @@ def build_detector(net, classes, pretrained=False, class_agnostic=False, weights
     else:
         from lib.model.faster_rcnn.resnet import resnet
         model = resnet(classes, int(net[3:]), **kwargs)
+    if freeze_stem is not None:
+        model.freeze_stem = bool(freeze_stem)
     try:
         model.create_architecture()
     except FileNotFoundError as e:
@@ -258,3 +275,30 @@ def guess_net(state_dict):
     depth = {(False, 2): 'res18', (False, 6): 'res34', (True, 6): 'res50',
              (True, 23): 'res101', (True, 36): 'res152'}
     return depth.get((bottleneck, len(blocks)))
+
+
+def load_model_weights(model, state_dict, net, path):
+    """load_state_dict with a message naming the keys that do not fit and the --net that would fit."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    shapes = [f'{k} (checkpoint {tuple(state_dict[k].shape)}, model {tuple(own[k].shape)})'
+              for k in own if k in state_dict and tuple(state_dict[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or shapes:
+        def few(items):
+            return ', '.join(items[:5]) + (f' ... ({len(items)} in all)' if len(items) > 5 else '')
+        parts = []
+        if missing:
+            parts.append(f'missing keys: {few(missing)}')
+        if unexpected:
+            parts.append(f'unexpected keys: {few(unexpected)}')
+        if shapes:
+            parts.append(f'shape mismatches: {few(shapes)}')
+        guess = guess_net(state_dict)
+        hint = f' The checkpoint looks like a {guess} model: try --net {guess}.' if guess and guess != net else ''
+        key = 'RCNN_cls_score.weight'
+        if key in own and key in state_dict and state_dict[key].shape[0] != own[key].shape[0]:
+            hint += (f' It scores {state_dict[key].shape[0]} classes (background included), this model '
+                     f'{own[key].shape[0]}: it was trained on another class list.')
+        raise ValueError(f'{path} does not fit --net {net}: ' + '; '.join(parts) + '.' + hint)
+    model.load_state_dict(state_dict)

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from lib.model.utils.config import cfg
-from lib.model.utils.script_utils import BN_STATS, NETS, build_detector, guess_net
+from lib.model.utils.script_utils import BN_STATS, NETS, build_detector, guess_net, load_model_weights
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -52,29 +52,6 @@ def stored_model_cfg(ck):
     return stored
 
 
-def load_model_weights(model, state_dict, net, path):
-    """load_state_dict with a message naming the keys that do not fit and the --net that would fit."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in own]
-    shapes = [f'{k} (checkpoint {tuple(state_dict[k].shape)}, model {tuple(own[k].shape)})'
-              for k in own if k in state_dict and tuple(state_dict[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or shapes:
-        def few(items):
-            return ', '.join(items[:5]) + (f' ... ({len(items)} in all)' if len(items) > 5 else '')
-        parts = []
-        if missing:
-            parts.append(f'missing keys: {few(missing)}')
-        if unexpected:
-            parts.append(f'unexpected keys: {few(unexpected)}')
-        if shapes:
-            parts.append(f'shape mismatches: {few(shapes)}')
-        guess = guess_net(state_dict)
-        hint = f' The checkpoint looks like a {guess} model: try --net {guess}.' if guess and guess != net else ''
-        raise ValueError(f'{path} does not fit --net {net}: ' + '; '.join(parts) + '.' + hint)
-    model.load_state_dict(state_dict)
-
-
 def resolve_bn_stats(ck, mode='auto'):
     """'running' or 'batch': how BatchNorm normalises at test time.
 
@@ -108,10 +85,9 @@ def use_batch_statistics(model):
 def detector_from_checkpoint(ck, path, net, classes, class_agnostic, device, bn_stats='running'):
     """Build the detector for (net, classes, class_agnostic) under the current cfg, load the weights, eval mode
     (with BatchNorm on batch statistics when bn_stats is 'batch', see resolve_bn_stats)."""
-    model = build_detector(net, classes, pretrained=False, class_agnostic=class_agnostic)
     # which BatchNorms trained: the stem was frozen when the backbone started from pretrained weights
     # (checkpoints without the entry come from runs that always froze it)
-    model.freeze_stem = bool(ck.get('freeze_stem', True))
+    model = build_detector(net, classes, class_agnostic=class_agnostic, freeze_stem=ck.get('freeze_stem', True))
     load_model_weights(model, ck['model'], net, path)
     model.to(device)
     model.eval()

@@ -17,8 +17,8 @@ from tqdm import tqdm
 from lib.model.utils.checkpoint import checkpoint_name, get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
 from lib.model.utils.config import cfg, cfg_to_dict
 from lib.model.utils.net_utils import adjust_learning_rate, clip_gradient
-from lib.model.utils.script_utils import (build_detector, dataset_settings, print_cfg, save_cfg, seed_everything,
-                                          select_device, setup_cfg)
+from lib.model.utils.script_utils import (build_detector, cfg_differences, dataset_settings, load_model_weights,
+                                          print_cfg, save_cfg, seed_everything, select_device, setup_cfg)
 
 LOSS_NAMES = ('rpn_cls', 'rpn_box', 'rcnn_cls', 'rcnn_box')
 
@@ -329,8 +329,23 @@ def _train(args, rank, world, local_rank, is_main, say, start_time, stop):
 
     say(f'Called with args:\n{args}')
     settings = dataset_settings(args.dataset)
+    output_dir = os.path.join(args.save_dir, args.net, args.dataset)
+    ck, load_name = None, None
+    if args.resume:
+        load_name = checkpoint_name(output_dir, args.checksession, args.checkepoch, args.checkpoint)
+        say(f'loading checkpoint {load_name}')
+        ck = load_checkpoint(load_name)
+    # a resumed run builds the model the checkpoint was trained with: its model keys (anchors, pooling, input
+    # format, BatchNorm ...) come after the yml, and only --set still overrides them, as in test_net
     cfg_used = setup_cfg(args.dataset, args.net, args.large_scale, args.cfg_file, args.set_cfgs,
-                         data_path=args.data_path)
+                         stored_cfg=ck.get('cfg') if ck else None, data_path=args.data_path)
+    changed = cfg_differences(ck.get('cfg')) if ck else []
+    if changed:
+        say(f'NOTE: this run\'s cfg differs from {load_name}\'s in ' + '; '.join(changed[:8])
+            + (f' ... ({len(changed)} keys)' if len(changed) > 8 else ''))
+    if ck is not None and 'class_agnostic' in ck and bool(ck['class_agnostic']) != bool(args.class_agnostic):
+        say(f'{load_name} was trained with{"" if ck["class_agnostic"] else "out"} --cag; continuing so')
+        args.class_agnostic = bool(ck['class_agnostic'])
     device = select_device(args.cuda, local_rank)
     cfg.CUDA = device.type == 'cuda'
     cfg.USE_GPU_NMS = device.type == 'cuda'
@@ -341,7 +356,6 @@ def _train(args, rank, world, local_rank, is_main, say, start_time, stop):
     train_size = len(roidb)
     say(f'{train_size:d} roidb entries')
 
-    output_dir = os.path.join(args.save_dir, args.net, args.dataset)
     if is_main:
         os.makedirs(output_dir, exist_ok=True)
 
@@ -359,8 +373,12 @@ def _train(args, rank, world, local_rank, is_main, say, start_time, stop):
     # no --weights: the original's data/pretrained_model/<net>_caffe.pth; 'none': from scratch
     pretrained = args.weights is None or str(args.weights).lower() != 'none'
     weights = args.weights if pretrained else None
-    core = build_detector(args.net, imdb.classes, pretrained=pretrained, class_agnostic=args.class_agnostic,
-                          weights=weights)
+    if ck is None:
+        core = build_detector(args.net, imdb.classes, pretrained=pretrained, class_agnostic=args.class_agnostic,
+                              weights=weights)
+    else:  # the checkpoint replaces every weight; its stem is frozen as it was (the original's always was)
+        core = build_detector(args.net, imdb.classes, class_agnostic=args.class_agnostic,
+                              freeze_stem=ck.get('freeze_stem', True))
     core.to(device)
 
     train_sampler = _make_sampler(train_size, bs, rank, world, seed)
@@ -374,7 +392,7 @@ def _train(args, rank, world, local_rank, is_main, say, start_time, stop):
     autocast, use_scaler = _autocast(device, args)
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
 
-    resumed = _resume(args, output_dir, core, optimizer, scaler if use_scaler else None, imdb.classes,
+    resumed = _resume(args, ck, load_name, core, optimizer, scaler if use_scaler else None, imdb.classes,
                       iters_per_epoch, world, say)
     session, lr, history = resumed['session'], resumed['lr'], resumed['history']
     start_epoch, start_step, rng_state = resumed['start_epoch'], resumed['start_step'], resumed['rng']
@@ -505,32 +523,38 @@ def _train(args, rank, world, local_rank, is_main, say, start_time, stop):
             'stopped_by': stop.signal if stopping else None}
 
 
-def _resume(args, output_dir, core, optimizer, scaler, classes, iters_per_epoch, world, say):
-    """Load the --r checkpoint into core / optimizer / scaler. Returns session, lr, history, start_epoch,
-    start_step and rng (the RNG state to restore at the start of the first epoch, or None); without --r, the
-    command line's values."""
+def _resume(args, ck, load_name, core, optimizer, scaler, classes, iters_per_epoch, world, say):
+    """Load the --r checkpoint ``ck`` (read from ``load_name``) into core / optimizer / scaler. Returns session,
+    lr, history, start_epoch, start_step and rng (the RNG state to restore at the start of the first epoch, or
+    None); without a checkpoint, the command line's values. The original's checkpoints (model, optimizer,
+    'epoch' = the next epoch, no step) resume at the start of that epoch with the optimizer's lr, as it did."""
     out = {'session': args.session, 'lr': args.lr, 'history': [], 'start_epoch': args.start_epoch,
            'start_step': 0, 'rng': None}
-    if not args.resume:
+    if ck is None:
         return out
-    load_name = checkpoint_name(output_dir, args.checksession, args.checkepoch, args.checkpoint)
-    say(f'loading checkpoint {load_name}')
-    ck = load_checkpoint(load_name)
     if list(ck.get('classes', classes)) != list(classes):
         raise ValueError(f'{load_name} was trained on classes {ck["classes"]}, but --dataset {args.dataset} has '
                          f'{list(classes)}')
-    core.load_state_dict(ck['model'])
-    optimizer.load_state_dict(ck['optimizer'])
+    load_model_weights(core, ck['model'], args.net, load_name)
+    try:
+        optimizer.load_state_dict(ck['optimizer'])
+    except ValueError as e:
+        raise ValueError(f'{load_name}: its optimizer state does not fit this model\'s trainable parameters '
+                         f'({e}); was it trained with another RESNET.FIXED_BLOCKS or --o?') from None
     if ck.get('scaler') and scaler is not None:
         scaler.load_state_dict(ck['scaler'])
     if 'pooling_mode' in ck:
         cfg.POOLING_MODE = ck['pooling_mode']
-    start_epoch, start_step = ck['epoch'], ck['step'] + 1
-    if start_step >= ck.get('iters_per_epoch', iters_per_epoch):
-        start_epoch, start_step = start_epoch + 1, 0
+    if 'step' in ck:
+        start_epoch, start_step = ck['epoch'], ck['step'] + 1
+        if start_step >= ck.get('iters_per_epoch', iters_per_epoch):
+            start_epoch, start_step = start_epoch + 1, 0
+    else:  # the original's format
+        start_epoch, start_step = ck['epoch'], 0
     if ck.get('iters_per_epoch', iters_per_epoch) != iters_per_epoch:
         say(f'WARNING: the checkpoint ran {ck["iters_per_epoch"]} iterations per epoch, this run {iters_per_epoch}')
-    out.update(session=ck.get('session', args.session), lr=ck['lr'], history=list(ck.get('history', [])),
+    lr = ck['lr'] if 'lr' in ck else optimizer.param_groups[0]['lr']
+    out.update(session=ck.get('session', args.session), lr=lr, history=list(ck.get('history', [])),
                start_epoch=start_epoch, start_step=start_step, rng=ck['rng'] if world == 1 and 'rng' in ck else None)
     say(f'loaded checkpoint {load_name}; continuing at epoch {start_epoch}, iteration {start_step}')
     return out
