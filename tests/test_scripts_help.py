@@ -14,10 +14,10 @@ TRAIN_FLAGS = ['--dataset', '--net', '--start_epoch', '--epochs', '--disp_interv
                '--deterministic']
 TEST_FLAGS = ['--dataset', '--cfg', '--net', '--set', '--load_dir', '--cuda', '--ls', '--mGPUs', '--cag',
               '--checksession', '--checkepoch', '--checkpoint', '--vis', '--data_path', '--thresh', '--max_per_image',
-              '--nw', '--seed', '--amp', '--bn_stats']
+              '--nw', '--seed', '--amp', '--bn_stats', '--bs', '--parallel_type']
 DEMO_FLAGS = ['--dataset', '--cfg', '--net', '--set', '--load_dir', '--image_dir', '--cuda', '--mGPUs', '--cag',
               '--checksession', '--checkepoch', '--checkpoint', '--vis', '--webcam_num', '--output_dir', '--thresh',
-              '--bn_stats']
+              '--bn_stats', '--bs', '--parallel_type']
 
 
 @pytest.mark.parametrize('script,flags', [('trainval_net.py', TRAIN_FLAGS), ('test_net.py', TEST_FLAGS),

@@ -82,6 +82,10 @@ def add_checkpoint_args(parser, mgpus_help):
     parser.add_argument('--checkepoch', dest='checkepoch', default=1, type=int, help='checkepoch to load network')
     parser.add_argument('--checkpoint', dest='checkpoint', default=10021, type=int,
                         help='checkpoint to load network')
+    parser.add_argument('--bs', dest='batch_size', default=1, type=int, choices=(1,),
+                        help='images per batch: 1, as the original tested (accepted for its command lines)')
+    parser.add_argument('--parallel_type', dest='parallel_type', default=0, type=int,
+                        help='accepted for the original\'s command lines; unused there and here')
     parser.add_argument('--bn_stats', dest='bn_stats', default='auto', choices=BN_STATS,
                         help="BatchNorm statistics at test time; auto: 'batch' (per image) for models trained "
                              "with TRAIN.BN_TRAIN at --bs 1, else 'running'")
