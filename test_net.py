@@ -41,7 +41,12 @@ def parse_args(argv=None):
 
 def main(argv=None):
     from lib.model.utils.test_utils import run_test
-    run_test(parse_args(argv))
+    args = parse_args(argv)
+    try:
+        run_test(args)
+    except (FileNotFoundError, ValueError) as e:  # a missing checkpoint or dataset, a model that does not fit
+        print(f'ERROR: {e}', file=sys.stderr)
+        return 1
     return 0
 
 

@@ -74,6 +74,9 @@ def main(argv=None):
     except NonFiniteLossError as e:
         print(f'ERROR: {e}', file=sys.stderr)
         return 2
+    except (FileNotFoundError, ValueError) as e:  # a missing file or folder, a flag or cfg that does not fit
+        print(f'ERROR: {e}', file=sys.stderr)
+        return 1
     return 0
 
 

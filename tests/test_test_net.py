@@ -81,6 +81,14 @@ def test_guess_net_and_a_clear_mismatch_message():
         load_model_weights(r18, voc.state_dict(), 'res18', 'voc.pth')
 
 
+def test_a_missing_checkpoint_is_one_error_line(tmp_path, capsys):
+    code = test_net.main(['--dataset', 'shapes', '--net', 'res18', '--load_dir', str(tmp_path), '--checkepoch', '9'])
+    err = capsys.readouterr().err
+    assert code == 1 and 'Traceback' not in err
+    assert err.startswith(f'ERROR: checkpoint {tmp_path / "res18" / "shapes" / "faster_rcnn_1_9_10021.pth"} not '
+                          f'found ({tmp_path / "res18" / "shapes"} does not exist')
+
+
 # ------------------------------------------------------------------------------------------------ end to end
 @pytest.fixture(scope='module')
 def trained(tmp_path_factory):

@@ -111,6 +111,16 @@ def test_custom_needs_data_path():
 
 
 # ------------------------------------------------------------------------------------------------ training runs
+def test_a_missing_data_folder_is_one_error_line(tmp_path, capsys):
+    reset_cfg()
+    code = trainval_net.main(['--dataset', 'custom', '--data_path', str(tmp_path / 'nope'), '--net', 'res18',
+                              '--weights', 'none', '--set', 'DATA_DIR', str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 1 and 'Traceback' not in err
+    assert err.startswith(f"ERROR: dataset 'custom_trainval': the custom VOC-format folder {tmp_path / 'nope'} "
+                          "does not exist; pass --data_path")
+
+
 def test_checkpoints_hold_the_full_state(tiny_shapes, tmp_path):
     out = train(tiny_args(tiny_shapes, tmp_path, '--epochs', '1', '--max_iters', '3', '--checkpoint_interval', '2',
                           '--disp_interval', '1'))

@@ -51,7 +51,7 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         run_demo(args)
-    except (RuntimeError, FileNotFoundError) as e:
+    except (RuntimeError, FileNotFoundError, ValueError) as e:
         print(f'ERROR: {e}', file=sys.stderr)
         return 1
     return 0

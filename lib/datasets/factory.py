@@ -62,13 +62,14 @@ def get_custom_root():
 
 
 def get_imdb(name):
-    """The imdb called ``name``; KeyError listing the known names when there is none."""
+    """The imdb called ``name``; KeyError listing the known names when there is none (FileNotFoundError for a
+    custom_<split> whose folder does not exist)."""
     if name in __sets:
         return __sets[name]()
     if name.startswith('custom_') and len(name) > len('custom_'):
         root = get_custom_root()
         if not osp.isdir(root):
-            raise KeyError(f'dataset {name!r}: the custom VOC-format folder {root} does not exist; pass '
+            raise FileNotFoundError(f'dataset {name!r}: the custom VOC-format folder {root} does not exist; pass '
                            f'--data_path <folder with Annotations/ ImageSets/Main/ JPEGImages/> '
                            f'(lib.datasets.factory.set_custom_root)')
         from lib.datasets.voc_format import voc_format

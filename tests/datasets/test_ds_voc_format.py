@@ -141,7 +141,7 @@ def test_factory_names_and_errors(make_voc):
         assert n in names
     with pytest.raises(KeyError, match='unknown dataset .*voc_2007_trainval'):
         factory.get_imdb('voc_2099_nothing')
-    with pytest.raises(KeyError, match='--data_path'):
+    with pytest.raises(FileNotFoundError, match='--data_path'):
         factory.get_imdb('custom_trainval')
     root = make_voc([('a', 20, 20, [('dog', 1, 1, 5, 5)])], split='mysplit', classes=['dog'])
     factory.set_custom_root(root)

@@ -6,6 +6,7 @@ else up front, naming the offending key, instead of writing a file that cannot b
 """
 import os
 import random
+import re
 import tempfile
 
 import numpy as np
@@ -80,19 +81,35 @@ def _fsync_directory(directory):
         os.close(dfd)
 
 
+def _what_is_there(filename, most=8):
+    """For a missing checkpoint: the latest checkpoints of its folder (by session, epoch, step), or, when the
+    folder <load_dir>/<net>/<dataset> does not exist, the <net>/<dataset> folders that <load_dir> has."""
+    directory = os.path.dirname(os.path.abspath(filename))
+    if os.path.isdir(directory):
+        def order(name):
+            numbers = re.findall(r'\d+', name)
+            return [int(n) for n in numbers], name
+        found = sorted((n for n in os.listdir(directory) if n.endswith('.pth')), key=order)
+        if not found:
+            return f'{directory} has no .pth files'
+        shown = ', '.join(found[-most:])
+        return f'{directory} has {shown}' if len(found) <= most else f'the latest {most} of {len(found)} in ' \
+            f'{directory}: {shown}'
+    load_dir = os.path.dirname(os.path.dirname(directory))
+    if not os.path.isdir(load_dir):
+        return f'{directory} does not exist, nor does {load_dir}'
+    pairs = sorted(f'{net}/{ds}' for net in os.listdir(load_dir) if os.path.isdir(os.path.join(load_dir, net))
+                   for ds in os.listdir(os.path.join(load_dir, net)) if os.path.isdir(os.path.join(load_dir, net, ds)))
+    return f'{directory} does not exist; {load_dir} has ' + (', '.join(pairs) if pairs else 'no <net>/<dataset> folders')
+
+
 def load_checkpoint(filename, map_location='cpu'):
     """Load a checkpoint written by ``save_checkpoint`` (or the original's, if it holds only tensors and primitives).
 
     Uses ``torch.load(weights_only=True)``: no arbitrary code runs while loading a file from a shared directory.
     """
     if not os.path.isfile(filename):
-        directory = os.path.dirname(os.path.abspath(filename))
-        if os.path.isdir(directory):
-            found = sorted(n for n in os.listdir(directory) if n.endswith('.pth'))
-            listing = ', '.join(found[:10]) + (' ...' if len(found) > 10 else '') if found else 'no .pth files'
-        else:
-            listing = 'the directory does not exist'
-        raise FileNotFoundError(f'checkpoint {filename} not found ({directory}: {listing})')
+        raise FileNotFoundError(f'checkpoint {filename} not found ({_what_is_there(filename)})')
     try:
         return torch.load(filename, map_location=map_location, weights_only=True)
     except Exception as e:

@@ -207,7 +207,7 @@ def select_device(use_cuda, local_rank=None):
     """torch.device for --cuda (and the DDP local rank); warns like the original when a GPU goes unused."""
     if use_cuda:
         if not torch.cuda.is_available():
-            raise RuntimeError('--cuda given but no CUDA device is available (torch.cuda.is_available() is False)')
+            raise ValueError('--cuda given but no CUDA device is available (torch.cuda.is_available() is False)')
         if local_rank is not None:
             torch.cuda.set_device(local_rank)
             return torch.device('cuda', local_rank)

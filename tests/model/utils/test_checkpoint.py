@@ -89,9 +89,24 @@ def test_process_killed_mid_write_keeps_previous_file(tmp_path):
 
 
 def test_missing_file_lists_what_is_there(tmp_path):
-    ckpt.save_checkpoint(_state(1), str(tmp_path / 'faster_rcnn_1_1_9.pth'))
-    with pytest.raises(FileNotFoundError, match='faster_rcnn_1_1_9.pth'):
-        ckpt.load_checkpoint(str(tmp_path / 'faster_rcnn_1_2_9.pth'))
+    folder = tmp_path / 'res18' / 'shapes'
+    folder.mkdir(parents=True)
+    ckpt.save_checkpoint(_state(1), str(folder / 'faster_rcnn_1_1_9.pth'))
+    with pytest.raises(FileNotFoundError, match=f'{folder} has faster_rcnn_1_1_9.pth'):
+        ckpt.load_checkpoint(str(folder / 'faster_rcnn_1_2_9.pth'))
+    # numbers order the names (string order would put 1_1_11 before 1_1_3), and the latest are shown
+    for epoch in range(1, 4):
+        for step in (3, 11, 649):
+            (folder / f'faster_rcnn_1_{epoch}_{step}.pth').touch()
+    with pytest.raises(FileNotFoundError) as e:
+        ckpt.load_checkpoint(str(folder / 'faster_rcnn_1_5_649.pth'))
+    assert str(e.value).endswith(f'(the latest 8 of 10 in {folder}: faster_rcnn_1_1_11.pth, faster_rcnn_1_1_649.pth, '
+                                 'faster_rcnn_1_2_3.pth, faster_rcnn_1_2_11.pth, faster_rcnn_1_2_649.pth, '
+                                 'faster_rcnn_1_3_3.pth, faster_rcnn_1_3_11.pth, faster_rcnn_1_3_649.pth)')
+    # a <net>/<dataset> folder that does not exist: the ones that do are named
+    with pytest.raises(FileNotFoundError, match=f'{tmp_path / "vgg16" / "shapes"} does not exist; {tmp_path} has '
+                                                f'res18/shapes'):
+        ckpt.load_checkpoint(str(tmp_path / 'vgg16' / 'shapes' / 'faster_rcnn_1_1_9.pth'))
 
 
 def test_rng_state_round_trip_through_a_file(tmp_path):
