@@ -77,7 +77,8 @@ def test_guess_net_and_a_clear_mismatch_message():
     voc = build_detector('res18', ['__background__'] + [f'c{i}' for i in range(20)])
     with pytest.raises(ValueError, match=r'does not fit --net res18: shape mismatches: RCNN_cls_score\.weight '
                                          r'\(checkpoint \(21, 512\), model \(2, 512\)\).* It scores 21 classes '
-                                         r'\(background included\), this model 2: it was trained on another class list'):
+                                         r'\(background included\), this model 2: it was trained on another '
+                                         r'class list'):
         load_model_weights(r18, voc.state_dict(), 'res18', 'voc.pth')
 
 

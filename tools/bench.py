@@ -145,25 +145,24 @@ def bench_train(args, device, num_classes, results):
                 if kind == 'ours':
                     model = build_ours(num_classes, args.net).to(device).train()
 
-                    def step(model=model, opt=None):
+                    def step(model=model, opt=sgd_for(model)):
                         with autocast_ctx(device, amp):
                             out = model(*ours_in)
                             loss = out.rpn_loss_cls.mean() + out.rpn_loss_bbox.mean() + \
                                 out.RCNN_loss_cls.mean() + out.RCNN_loss_bbox.mean()
-                        step.opt.zero_grad(set_to_none=True)
+                        opt.zero_grad(set_to_none=True)
                         loss.backward()
-                        step.opt.step()
+                        opt.step()
                 else:
                     model = build_torchvision_c4(num_classes, args.height, args.width, int(args.net[3:]))
                     model = model.to(device).train()
 
-                    def step(model=model):
+                    def step(model=model, opt=sgd_for(model)):
                         with autocast_ctx(device, amp):
                             loss = sum(model(*tv_in).values())
-                        step.opt.zero_grad(set_to_none=True)
+                        opt.zero_grad(set_to_none=True)
                         loss.backward()
-                        step.opt.step()
-                step.opt = sgd_for(model)
+                        opt.step()
                 reset_peak(device)
                 ms = time_ms(step, device, args.warmup, args.iters)
                 row[kind] = {'ms': ms, 'img_s': bs * 1000.0 / ms, 'peak_mb_per_img': peak_mb(device) / bs}

@@ -70,8 +70,8 @@ def get_imdb(name):
         root = get_custom_root()
         if not osp.isdir(root):
             raise FileNotFoundError(f'dataset {name!r}: the custom VOC-format folder {root} does not exist; pass '
-                           f'--data_path <folder with Annotations/ ImageSets/Main/ JPEGImages/> '
-                           f'(lib.datasets.factory.set_custom_root)')
+                                    f'--data_path <folder with Annotations/ ImageSets/Main/ JPEGImages/> '
+                                    f'(lib.datasets.factory.set_custom_root)')
         from lib.datasets.voc_format import voc_format
         return voc_format(name[len('custom_'):], root, classes=_custom['classes'], name=name, use_07_metric=True)
     raise KeyError(f'unknown dataset {name!r}; known: {", ".join(list_imdbs())}, custom_<split> '

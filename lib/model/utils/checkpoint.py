@@ -98,9 +98,10 @@ def _what_is_there(filename, most=8):
     load_dir = os.path.dirname(os.path.dirname(directory))
     if not os.path.isdir(load_dir):
         return f'{directory} does not exist, nor does {load_dir}'
-    pairs = sorted(f'{net}/{ds}' for net in os.listdir(load_dir) if os.path.isdir(os.path.join(load_dir, net))
-                   for ds in os.listdir(os.path.join(load_dir, net)) if os.path.isdir(os.path.join(load_dir, net, ds)))
-    return f'{directory} does not exist; {load_dir} has ' + (', '.join(pairs) if pairs else 'no <net>/<dataset> folders')
+    nets = [n for n in os.listdir(load_dir) if os.path.isdir(os.path.join(load_dir, n))]
+    pairs = sorted(f'{n}/{d}' for n in nets for d in os.listdir(os.path.join(load_dir, n))
+                   if os.path.isdir(os.path.join(load_dir, n, d)))
+    return f'{directory} does not exist; {load_dir} has ' + (', '.join(pairs) or 'no <net>/<dataset> folders')
 
 
 def load_checkpoint(filename, map_location='cpu'):
