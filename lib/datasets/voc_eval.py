@@ -51,8 +51,8 @@ def voc_ap(rec, prec, use_07_metric=False):
 def _read_image_set(imagesetfile):
     with open(imagesetfile, 'rb') as f:
         content = f.read()
-    names = [x.strip() for x in content.decode('utf-8').splitlines()]
-    return content, [x for x in names if x]
+    # the first word of each line, as the training side reads it (VOC's <class>_<split>.txt add a column)
+    return content, [x.split()[0] for x in content.decode('utf-8').splitlines() if x.strip()]
 
 
 def load_annotations(annopath, imagesetfile, cachedir=None):

@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 BACKGROUND = '__background__'
 IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.bmp', '.JPG', '.JPEG', '.PNG')
 COCO_IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # 2: class names collected case-insensitively
 
 
 def _sha1(*parts):
@@ -51,14 +51,21 @@ def read_classes_file(path):
                 names.append(line)
     if not names:
         raise ValueError(f'{path}: no class names')
-    if len(set(names)) != len(names):
-        dup = sorted({n for n in names if names.count(n) > 1})
-        raise ValueError(f'{path}: duplicate class names {dup}')
+    _check_unique(names, path)
     return names
 
 
-def _with_background(classes):
+def _check_unique(names, where):
+    """Class names match annotations case-insensitively, so two that differ only in case are one too many."""
+    lower = [n.lower() for n in names]
+    dup = sorted({n for n in names if lower.count(n.lower()) > 1})
+    if dup:
+        raise ValueError(f'{where}: duplicate class names {dup} (names match case-insensitively)')
+
+
+def _with_background(classes, where='classes'):
     classes = [c for c in classes]
+    _check_unique(classes, where)
     if BACKGROUND in classes[1:]:
         raise ValueError(f"'{BACKGROUND}' must be the first class, got {classes}")
     if not classes or classes[0] != BACKGROUND:
@@ -166,7 +173,11 @@ class voc_format(imdb):
         names = set()
         for f in files:
             names.update(o['name'] for o in parse_voc_xml(osp.join(ann_dir, f))['objects'])
-        names = sorted(names)
+        # one class per name whatever its case (as objects are matched), spelt as it sorts first ('Dog' < 'dog')
+        spelling = {}
+        for n in sorted(names):
+            spelling.setdefault(n.lower(), n)
+        names = sorted(spelling.values())
         with open(cache_file + '.tmp', 'w') as fh:
             json.dump(names, fh)
         os.replace(cache_file + '.tmp', cache_file)

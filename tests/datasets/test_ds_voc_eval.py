@@ -174,6 +174,18 @@ def test_results_files_are_one_based_in_competition_mode(make_voc):
         imdb.evaluate_detections([[dets]], None)
 
 
+def test_image_set_lines_are_read_by_their_first_word_as_in_training(make_voc):
+    """VOC's <class>_<split>.txt files add a column ('a  1'): training reads the first word, so must evaluation."""
+    root = make_voc([('a', 30, 30, [('dog', 3, 4, 12, 20)]), ('b', 30, 30, [('dog', 1, 1, 9, 9)])], split='test',
+                    classes=['dog'])
+    with open(os.path.join(root, 'ImageSets', 'Main', 'test.txt'), 'w') as f:
+        f.write('a  1\n\nb -1\n')
+    imdb = voc_format('test', root)
+    assert imdb.image_index == ['a', 'b']
+    dets = [np.array([[2, 3, 11, 19, 0.9]], np.float32), np.array([[0, 0, 8, 8, 0.8]], np.float32)]
+    assert imdb.evaluate_detections([[[], []], dets], None)['mAP'] == pytest.approx(1.0)
+
+
 @pytest.mark.parametrize('damage', ['', '{"key": ', '[1, 2]'])
 def test_a_damaged_annotation_cache_is_parsed_again(eval_files, caplog, damage):
     annopath, imageset, cachedir = eval_files

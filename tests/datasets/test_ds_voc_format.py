@@ -66,6 +66,24 @@ def test_explicit_classes_and_case_insensitive_names(make_voc):
     root = make_voc([('a', 20, 20, [('Dog', 1, 1, 5, 5)])])
     imdb = voc_format('trainval', root, classes=['__background__', 'dog'])
     np.testing.assert_array_equal(imdb.roidb[0]['gt_classes'], [1])
+    with pytest.raises(ValueError, match=r"duplicate class names \['Dog', 'dog'\] \(names match case-insens"):
+        voc_format('trainval', root, classes=['dog', 'Dog'])
+
+
+def test_names_differing_in_case_are_one_class_trained_and_evaluated_alike(make_voc):
+    """Training and VOC evaluation both match names case-insensitively: 'Dog' and 'dog' must be one class, or each
+    spelling's AP would count the other's boxes as missed."""
+    root = make_voc([('a', 20, 20, [('Dog', 1, 1, 5, 5)]), ('b', 20, 20, [('dog', 2, 2, 8, 8), ('cat', 1, 1, 4, 4)])])
+    imdb = voc_format('trainval', root)
+    assert imdb.classes == ('__background__', 'Dog', 'cat')
+    assert [r['gt_classes'].tolist() for r in imdb.roidb] == [[1], [1, 2]]
+    perfect = [[[], []], [np.array([[0, 0, 4, 4, 0.9]], np.float32), np.array([[1, 1, 7, 7, 0.8]], np.float32)],
+               [np.zeros((0, 5), np.float32), np.array([[0, 0, 3, 3, 0.7]], np.float32)]]
+    assert imdb.evaluate_detections(perfect, None)['mAP'] == pytest.approx(1.0)
+    with open(os.path.join(root, 'classes.txt'), 'w') as f:
+        f.write('dog\nDOG\n')
+    with pytest.raises(ValueError, match=r"classes.txt: duplicate class names \['DOG', 'dog'\]"):
+        voc_format('trainval', root)
 
 
 def test_cache_is_npz_without_pickle_and_reused(make_voc, capsys):
