@@ -60,13 +60,20 @@ def normalize_image(im, input_format='caffe', pixel_means=None, pixel_stds=None)
 
 
 def resize_image(im, im_scale):
-    """Resize by one factor on both axes (bilinear). The output size is round(H * s) x round(W * s)."""
+    """Resize by one factor on both axes (bilinear). The output size is round(H * s) x round(W * s).
+
+    As the original, OpenCV is given the factor (fx = fy = s), so pixels are sampled at exactly 1 / s; given only
+    the output size it would sample at W / round(W * s), up to a few pixel values apart.
+    """
     h, w = im.shape[:2]
     new_w = max(1, int(np.round(w * im_scale)))
     new_h = max(1, int(np.round(h * im_scale)))
     if (new_h, new_w) == (h, w):
         return im
-    return cv2.resize(im, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+    out = cv2.resize(im, None, None, fx=im_scale, fy=im_scale, interpolation=cv2.INTER_LINEAR)
+    if out.shape[:2] != (new_h, new_w):  # OpenCV rounds a .5 size its own way: keep the documented size
+        out = cv2.resize(im, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+    return out
 
 
 def prep_im_for_blob(im, pixel_means, target_size, max_size, pixel_stds=None, input_format='caffe'):
