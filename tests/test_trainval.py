@@ -100,9 +100,15 @@ def test_precedence_dataset_then_yml_then_set(tmp_path):
     assert cfg.ANCHOR_SCALES == [3] and cfg.POOLING_MODE == 'align' and cfg.MAX_NUM_GT_BOXES == 9
 
 
-def test_ls_picks_the_large_scale_yml():
+def test_ls_picks_the_large_scale_yml(capsys):
     used = setup_cfg('pascal_voc', 'res101', large_scale=True)
     assert used.endswith(os.path.join('cfgs', 'res101_ls.yml')) and tuple(cfg.TRAIN.SCALES) == (800,)
+    assert 'NOTE' not in capsys.readouterr().out
+    reset_cfg()
+    res50 = os.path.join(ROOT, 'cfgs', 'res50.yml')
+    assert setup_cfg('pascal_voc', 'res101', large_scale=True, cfg_file=res50) == res50
+    assert tuple(cfg.TRAIN.SCALES) == (600,)
+    assert f'NOTE: --ls has no effect with --cfg: {res50} is read, not cfgs/res101_ls.yml' in capsys.readouterr().out
 
 
 def test_custom_needs_data_path():

@@ -161,6 +161,8 @@ def setup_cfg(dataset, net, large_scale=False, cfg_file=None, set_cfgs=None, sto
         if not os.path.isfile(cfg_file):
             raise FileNotFoundError(f'--cfg {cfg_file}: no such file')
         used = cfg_file
+        if large_scale:
+            print(f'NOTE: --ls has no effect with --cfg: {cfg_file} is read, not cfgs/{net}_ls.yml')
     else:
         used = default_cfg_file(net, large_scale)
     if used is not None:
