@@ -22,6 +22,9 @@ from lib.model.utils.config import cfg
 _CACHE_VERSION = 1
 
 
+# COCOeval.stats, in its order
+COCO_STATS = ('AP', 'AP50', 'AP75', 'APs', 'APm', 'APl', 'AR1', 'AR10', 'AR100', 'ARs', 'ARm', 'ARl')
+
 class coco(imdb):
     """coco_<year>_<image_set>; data_path defaults to cfg.DATA_DIR/coco."""
 
@@ -160,8 +163,7 @@ class coco(imdb):
         coco_eval.evaluate()
         coco_eval.accumulate()
         per_class = self._print_detection_eval_metrics(coco_eval)
-        names = ['AP', 'AP50', 'AP75', 'APs', 'APm', 'APl', 'AR1', 'AR10', 'AR100', 'ARs', 'ARm', 'ARl']
-        result = {k: float(v) for k, v in zip(names, coco_eval.stats)}
+        result = {k: float(v) for k, v in zip(COCO_STATS, coco_eval.stats)}
         result.update({'mAP': result['AP'], 'AP_coco': result['AP'], 'per_class': per_class})
         if output_dir is not None:
             with open(osp.join(output_dir, 'detection_results.json'), 'w') as f:
@@ -205,7 +207,8 @@ class coco(imdb):
                 return None
             if n == 0:
                 print(f'{self.name}: no detections to evaluate; AP is 0')
-                return {'mAP': 0.0, 'AP_coco': 0.0, 'AP': 0.0, 'per_class': {c: 0.0 for c in self.classes[1:]}}
+                return {'mAP': 0.0, 'AP_coco': 0.0, **{k: 0.0 for k in COCO_STATS},
+                        'per_class': {c: 0.0 for c in self.classes[1:]}}
             return self._do_detection_eval(res_file, output_dir)
         finally:
             if self.config['cleanup'] and osp.isfile(res_file):

@@ -120,6 +120,15 @@ def test_perfect_detections_give_ap_one(coco_dir, tmp_path):
     assert not glob.glob(str(tmp_path / 'detections_*.json'))  # cleaned up
 
 
+def test_no_detections_give_zero_for_every_metric(coco_dir, tmp_path, capsys):
+    imdb = coco('minival', '2014')
+    res = imdb.evaluate_detections(_dets(imdb, []), str(tmp_path))
+    assert 'no detections to evaluate' in capsys.readouterr().out
+    assert set(res) == {'mAP', 'AP_coco', 'AP', 'AP50', 'AP75', 'APs', 'APm', 'APl', 'AR1', 'AR10', 'AR100', 'ARs',
+                        'ARm', 'ARl', 'per_class'}
+    assert all(v == 0.0 for k, v in res.items() if k != 'per_class') and set(res['per_class']) == {'cat', 'dog'}
+
+
 def test_worked_case(coco_dir, tmp_path, capsys):
     _without_zero_area(coco_dir)
     imdb = coco('minival', '2014')
