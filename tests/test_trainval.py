@@ -224,7 +224,7 @@ def test_resume_from_a_checkpoint_in_the_original_format(tiny_shapes, tmp_path):
     def to_original_format(path):
         ck = load_checkpoint(path)
         torch.save({'session': 1, 'epoch': 2, 'model': ck['model'], 'optimizer': ck['optimizer'],
-                    'pooling_mode': 'align', 'class_agnostic': False}, path)
+                    'pooling_mode': 'pool', 'class_agnostic': False}, path)
 
     # the original always froze the stem: a from-scratch run's optimizer (stem included) cannot be one of its
     scratch = train(tiny_args(tiny_shapes, tmp_path, '--epochs', '1', '--max_iters', '2'))
@@ -244,6 +244,8 @@ def test_resume_from_a_checkpoint_in_the_original_format(tiny_shapes, tmp_path):
     # epoch 2 halves the optimizer's 0.01 once; epoch 3 keeps it, as in the uninterrupted run
     assert [load_checkpoint(p)['lr'] for p in out['checkpoints']] == pytest.approx([0.005, 0.005])
     assert [h['lr'] for h in out['history']] == [h['lr'] for h in full['history']][2:]
+    # its pooling mode is the model's (before it is built: the model reads cfg.POOLING_MODE then)
+    assert load_checkpoint(out['checkpoints'][-1])['pooling_mode'] == 'pool'
 
 
 def _nan_on_call(monkeypatch, bad_call):

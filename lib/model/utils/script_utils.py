@@ -122,6 +122,16 @@ def _get_key(source, dotted):
     return d
 
 
+def stored_model_cfg(ck):
+    """The cfg dict stored in a checkpoint, completed with the top-level anchor/pooling entries of older files."""
+    stored = dict(ck.get('cfg') or {})
+    for key, ck_key in (('ANCHOR_SCALES', 'anchor_scales'), ('ANCHOR_RATIOS', 'anchor_ratios'),
+                        ('POOLING_MODE', 'pooling_mode')):
+        if ck_key in ck and key not in stored:
+            stored[key] = ck[ck_key]
+    return stored
+
+
 def apply_model_cfg(stored_cfg):
     """Set the MODEL_CFG_KEYS from a checkpoint's stored cfg dict (keys absent from it keep their value)."""
     for key in MODEL_CFG_KEYS:

@@ -10,7 +10,8 @@ import numpy as np
 import torch
 
 from lib.model.utils.config import cfg
-from lib.model.utils.script_utils import BN_STATS, NETS, build_detector, guess_net, load_model_weights
+from lib.model.utils.script_utils import (BN_STATS, NETS, build_detector, guess_net, load_model_weights,
+                                          stored_model_cfg)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -40,16 +41,6 @@ def checkpoint_settings(ck, net=None, class_agnostic=False, classes=None):
         raise ValueError('the checkpoint stores no class list (an original-format file); pass the classes '
                          '(test_net takes them from --dataset)')
     return net, list(classes), class_agnostic
-
-
-def stored_model_cfg(ck):
-    """The cfg dict stored in a checkpoint, completed with the top-level anchor/pooling entries of older files."""
-    stored = dict(ck.get('cfg') or {})
-    for key, ck_key in (('ANCHOR_SCALES', 'anchor_scales'), ('ANCHOR_RATIOS', 'anchor_ratios'),
-                        ('POOLING_MODE', 'pooling_mode')):
-        if ck_key in ck and key not in stored:
-            stored[key] = ck[ck_key]
-    return stored
 
 
 def resolve_bn_stats(ck, mode='auto'):

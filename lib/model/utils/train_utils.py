@@ -18,7 +18,8 @@ from lib.model.utils.checkpoint import checkpoint_name, get_rng_state, load_chec
 from lib.model.utils.config import cfg, cfg_to_dict
 from lib.model.utils.net_utils import adjust_learning_rate, clip_gradient
 from lib.model.utils.script_utils import (build_detector, cfg_differences, dataset_settings, load_model_weights,
-                                          print_cfg, save_cfg, seed_everything, select_device, setup_cfg)
+                                          print_cfg, save_cfg, seed_everything, select_device, setup_cfg,
+                                          stored_model_cfg)
 
 LOSS_NAMES = ('rpn_cls', 'rpn_box', 'rcnn_cls', 'rcnn_box')
 
@@ -338,7 +339,7 @@ def _train(args, rank, world, local_rank, is_main, say, start_time, stop):
     # a resumed run builds the model the checkpoint was trained with: its model keys (anchors, pooling, input
     # format, BatchNorm ...) come after the yml, and only --set still overrides them, as in test_net
     cfg_used = setup_cfg(args.dataset, args.net, args.large_scale, args.cfg_file, args.set_cfgs,
-                         stored_cfg=ck.get('cfg') if ck else None, data_path=args.data_path)
+                         stored_cfg=stored_model_cfg(ck) if ck else None, data_path=args.data_path)
     changed = cfg_differences(ck.get('cfg')) if ck else []
     if changed:
         say(f'NOTE: this run\'s cfg differs from {load_name}\'s in ' + '; '.join(changed[:8])
@@ -543,8 +544,6 @@ def _resume(args, ck, load_name, core, optimizer, scaler, classes, iters_per_epo
                          f'({e}); was it trained with another RESNET.FIXED_BLOCKS or --o?') from None
     if ck.get('scaler') and scaler is not None:
         scaler.load_state_dict(ck['scaler'])
-    if 'pooling_mode' in ck:
-        cfg.POOLING_MODE = ck['pooling_mode']
     if 'step' in ck:
         start_epoch, start_step = ck['epoch'], ck['step'] + 1
         if start_step >= ck.get('iters_per_epoch', iters_per_epoch):
@@ -566,7 +565,7 @@ def _checkpoint_state(args, core, optimizer, scaler, classes, session, epoch, st
     return {
         'session': session, 'epoch': epoch, 'step': step, 'iters_per_epoch': iters_per_epoch,
         'model': core.state_dict(), 'optimizer': optimizer.state_dict(), 'lr': lr,
-        'pooling_mode': cfg.POOLING_MODE, 'class_agnostic': bool(args.class_agnostic),
+        'pooling_mode': core.pooling_mode, 'class_agnostic': bool(args.class_agnostic),
         'classes': [str(c) for c in classes], 'anchor_scales': list(cfg.ANCHOR_SCALES),
         'anchor_ratios': list(cfg.ANCHOR_RATIOS), 'cfg': cfg_to_dict(), 'net': args.net,
         'dataset': args.dataset, 'batch_size': args.batch_size,
