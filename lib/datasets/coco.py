@@ -25,6 +25,7 @@ _CACHE_VERSION = 1
 # COCOeval.stats, in its order
 COCO_STATS = ('AP', 'AP50', 'AP75', 'APs', 'APm', 'APl', 'AR1', 'AR10', 'AR100', 'ARs', 'ARm', 'ARl')
 
+
 class coco(imdb):
     """coco_<year>_<image_set>; data_path defaults to cfg.DATA_DIR/coco."""
 

@@ -61,6 +61,9 @@ def batched_nms(boxes, scores, idxs, thresh):
                          f'{tuple(boxes.shape)}, scores {tuple(scores.shape)}, idxs {tuple(idxs.shape)}')
     if boxes.numel() == 0:
         return torch.empty(0, dtype=torch.long, device=boxes.device)
+    if boxes.dtype in (torch.float16, torch.bfloat16):
+        # shifted half coordinates would be rounded to tens of pixels, or overflow past 65504: shift in float32
+        boxes, scores = boxes.float(), scores.float()
     # Pixel-inclusive boxes touching at one coordinate overlap by a pixel, hence the + 2 rather than + 1.
     span = boxes.max() - boxes.min() + 2
     shifted = boxes - boxes.min() + (idxs.to(boxes.dtype) * span)[:, None]

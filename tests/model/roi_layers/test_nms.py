@@ -137,6 +137,24 @@ def test_batched_nms_equals_nms_per_category(device, seed):
     assert len(keep) > len(nms_reference(boxes, scores, 0.4))  # categories really were kept apart
 
 
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
+def test_batched_nms_on_half_boxes_shifts_in_float32(device, dtype):
+    """80 classes of 1000-px boxes: shifted in half they would pass 65504 (inf) or round to tens of pixels."""
+    boxes, scores = random_boxes(300, 0, integer=True)
+    boxes = boxes * 1.5  # up to ~1000 px; integers and halves, exact in float16 and (below 256) in bfloat16
+    boxes = boxes.to(dtype).float()  # the values the half tensor holds
+    idxs = torch.randint(80, (300,), generator=torch.Generator().manual_seed(0))
+    idxs[:2] = 79  # two identical boxes of the last class: one must go
+    boxes[1] = boxes[0]
+    keep = batched_nms(boxes.to(dtype).to(device), scores.to(dtype).to(device), idxs.to(device), 0.5).cpu()
+    half_scores = scores.to(dtype).float()
+    per_class = torch.cat([torch.nonzero(idxs == c).flatten()[nms_reference(boxes[idxs == c], half_scores[idxs == c],
+                                                                            0.5)] for c in range(80)])
+    per_class = per_class.sort().values  # ties in the rounded scores keep input order, as nms does
+    expected = per_class[torch.sort(half_scores[per_class], stable=True, descending=True).indices]
+    assert keep.tolist() == expected.tolist() and not {0, 1} <= set(keep.tolist())
+
+
 def test_batched_nms_empty(device):
     keep = batched_nms(torch.zeros(0, 4, device=device), torch.zeros(0, device=device),
                        torch.zeros(0, dtype=torch.long, device=device), 0.5)
