@@ -41,3 +41,15 @@ def test_torchvision_reference_has_the_originals_shape(bench):
     assert model.roi_heads.nms_thresh == cfg.TEST.NMS and model.roi_heads.detections_per_img == 100
     assert model.rpn.anchor_generator.sizes == ((128, 256, 512),)
     assert model.roi_heads.box_predictor.cls_score.in_features == 512  # resnet18 layer4 width
+
+
+def test_bench_ops_cpu_smoke(load_tool, tmp_path, capsys):
+    bench_ops = load_tool('bench_ops')
+    out = tmp_path / 'ops.json'
+    rows = bench_ops.main(['--device', 'cpu', '--quick', '--json', str(out)])
+    printed = capsys.readouterr().out
+    assert [r['op'] for r in rows[:2]] == ['nms', 'nms'] and {r['op'] for r in rows[2:]} == {
+        'roi_pool', 'roi_align (sampling_ratio 2)', 'roi_align (sampling_ratio 0)'}
+    assert all(r['agrees'] for r in rows) and 'WARNING' not in printed and 'differ' not in printed
+    assert all(r['ratio'] == pytest.approx(r['ours_ms'] / r['torchvision_ms']) for r in rows)
+    assert json.loads(out.read_text())['rows'] == rows

@@ -17,13 +17,26 @@ def fake_log(entries, costs):
     return '\n'.join(lines)
 
 
-def test_speed_comes_from_the_last_interval_and_the_decay_falls_at_three_quarters(probe):
-    # 8 images x 20 iterations in 2 s = 80 images/s; (390 - 30) s x 80 = 28 800 images = 19 epochs of 1512
+def test_speed_comes_from_the_last_interval_and_the_decay_covers_the_last_quarter(probe):
+    # 8 images x 20 iterations in 2 s = 80 images/s; an epoch of 1512 images is 18.9 s + 3 s of epoch overhead;
+    # (390 - 30) s / 21.9 s = 16 epochs
     ips, epochs, step = probe.probe_schedule(fake_log(1518, [9.0, 2.5, 2.0]), 390, bs=8)
     assert ips == pytest.approx(80.0)
-    assert epochs == 19 and step == 13
+    assert epochs == 16 and step == 12
     decays = [e for e in range(1, epochs + 1) if lr_decay_due(e, step)]
-    assert decays == [14]  # one decay, after 13 of the 19 epochs
+    assert decays == [13]  # one decay: epochs 13-16 (a quarter) at the lower lr
+
+
+def test_twelve_epochs_get_the_gpu_jobs_default_decay(probe):
+    # (304 - 30) s / 21.9 s = 12 epochs: decayed for epochs 10-12, as the default --epochs 12 --lr_decay_step 9
+    assert probe.probe_schedule(fake_log(1518, [9.0, 2.0]), 304, bs=8)[1:] == (12, 9)
+
+
+def test_flags_mode_prints_only_the_flags(probe, tmp_path, capsys):
+    log = tmp_path / 'probe.log'
+    log.write_text(fake_log(1518, [9.0, 2.5, 2.0]))
+    probe.main(['--flags', str(log), '390', '--amp --bs 8'])
+    assert capsys.readouterr().out == '--epochs 16 --lr_decay_step 12\n'
 
 
 def test_a_slow_machine_still_gets_one_epoch(probe):

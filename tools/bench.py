@@ -283,19 +283,18 @@ def main(argv=None):
     print(f'device: {device_name(device)} | torch {torch.__version__} | {args.net} '
           f'{args.height}x{args.width} | warmup {args.warmup}, median of {args.iters}', flush=True)
     results = []
-    if 'train' in sections:
-        bench_train(args, device, args.num_classes, results)
-    if 'test' in sections:
-        bench_test(args, device, args.num_classes, results)
-    if 'ops' in sections:
-        bench_ops_section(args, device, results)
-    if 'loader' in sections:
-        bench_loader(args, results)
-    if args.json:
-        os.makedirs(osp.dirname(osp.abspath(args.json)), exist_ok=True)
-        with open(args.json, 'w') as f:
-            json.dump({'device': device_name(device), 'torch': torch.__version__, 'args': vars(args),
-                       'results': results}, f, indent=1)
+    for name, run in (('train', lambda: bench_train(args, device, args.num_classes, results)),
+                      ('test', lambda: bench_test(args, device, args.num_classes, results)),
+                      ('ops', lambda: bench_ops_section(args, device, results)),
+                      ('loader', lambda: bench_loader(args, results))):
+        if name not in sections:
+            continue
+        run()
+        if args.json:  # after each section, so a run stopped by a time limit keeps what it measured
+            os.makedirs(osp.dirname(osp.abspath(args.json)), exist_ok=True)
+            with open(args.json, 'w') as f:
+                json.dump({'device': device_name(device), 'torch': torch.__version__, 'args': vars(args),
+                           'results': results}, f, indent=1)
     return results
 
 

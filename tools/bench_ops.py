@@ -97,17 +97,20 @@ def bench_nms(device, quick):
         shifted[:, 2:] += 1
         ours = nms(boxes, scores, 0.7)
         theirs = torchvision.ops.nms(shifted, scores, 0.7)
-        if not torch.equal(ours, theirs):
-            raise RuntimeError(f'nms on {n} boxes differs from torchvision: kept {len(ours)} vs {len(theirs)}')
+        agrees = torch.equal(ours, theirs)
+        if not agrees:  # timed all the same (a GPU run is too scarce to lose), and flagged in the row
+            print(f'WARNING: nms on {n} boxes differs from torchvision: kept {len(ours)} vs {len(theirs)}',
+                  flush=True)
         iters = 5 if quick else (50 if device.type == 'cpu' else 200)
         t_ours, t_tv = paired_median_ms(lambda: nms(boxes, scores, 0.7),
                                         lambda: torchvision.ops.nms(shifted, scores, 0.7), device, 2, iters)
-        rows.append(dict(op='nms', case=f'{n} boxes @0.7 (kept {len(ours)})', ours_ms=t_ours, torchvision_ms=t_tv))
+        rows.append(dict(op='nms', case=f'{n} boxes @0.7 (kept {len(ours)})', ours_ms=t_ours, torchvision_ms=t_tv,
+                         agrees=agrees))
         if device.type == 'cuda':
             t_pad, t_tv = paired_median_ms(lambda: nms_padded(boxes, scores, 0.7, n),
                                            lambda: torchvision.ops.nms(shifted, scores, 0.7), device, 2, iters)
             rows.append(dict(op='nms_padded', case=f'{n} boxes @0.7, no host sync', ours_ms=t_pad,
-                             torchvision_ms=t_tv))
+                             torchvision_ms=t_tv, agrees=agrees))
     return rows
 
 
@@ -116,7 +119,7 @@ def bench_roi_ops(device, quick):
     g = torch.Generator().manual_seed(0)
     feat = torch.randn(1, 1024, FEAT_H, FEAT_W, generator=g).to(device).requires_grad_()
     cases = [('roi_pool', None), ('roi_align', 2), ('roi_align', 0)]
-    for num_rois in ((128, 300) if quick else (128, 300, 2000)):
+    for num_rois in ((128,) if quick else (128, 300, 2000)):
         rois = random_rois(num_rois, num_rois).to(device)
         grad = torch.randn(num_rois, 1024, 7, 7, generator=g).to(device)
         for op, sr in cases:
@@ -128,46 +131,55 @@ def bench_roi_ops(device, quick):
                 theirs = lambda sr=sr: torchvision.ops.roi_align(feat, rois, (7, 7), 1 / 16, sr,  # noqa: E731
                                                                  aligned=False)
             out_ours, out_theirs = ours(), theirs()
-            if not torch.allclose(out_ours, out_theirs, rtol=1e-5, atol=1e-5):
-                raise RuntimeError(f'{op} on {num_rois} rois differs from torchvision')
+            agrees = torch.allclose(out_ours, out_theirs, rtol=1e-5, atol=1e-5)
+            if not agrees:
+                print(f'WARNING: {op} on {num_rois} rois differs from torchvision by up to '
+                      f'{(out_ours - out_theirs).abs().max().item():.3g}', flush=True)
 
             def step(fn):
                 feat.grad = None
                 fn().backward(grad)
 
             if quick:
-                iters = 3
+                iters = 2
             elif device.type == 'cpu':
                 iters = 10 if num_rois <= 300 else 3  # a 2000-roi step takes seconds on a CPU
             else:
                 iters = 100
             t_ours, t_tv = paired_median_ms(lambda: step(ours), lambda: step(theirs), device, 1, iters)
             name = op if sr is None else f'{op} (sampling_ratio {sr})'
-            rows.append(dict(op=name, case=f'{num_rois} rois, fwd+bwd', ours_ms=t_ours, torchvision_ms=t_tv))
+            rows.append(dict(op=name, case=f'{num_rois} rois, fwd+bwd', ours_ms=t_ours, torchvision_ms=t_tv,
+                             agrees=agrees))
     return rows
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--device', choices=['cpu', 'cuda'], default='cpu')
     parser.add_argument('--quick', action='store_true', help='few iterations and sizes: a smoke run')
     parser.add_argument('--json', type=Path, help='also write the results to this file')
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.device == 'cuda' and not torch.cuda.is_available():
         parser.error('--device cuda: no CUDA device is visible')
     device = torch.device(args.device)
     header = dict(device=device_name(device), torch=torch.__version__, torchvision=torchvision.__version__,
                   date=time.strftime('%Y-%m-%d'))
     print(' | '.join(f'{k}: {v}' for k, v in header.items()))
-    rows = bench_nms(device, args.quick) + bench_roi_ops(device, args.quick)
+    rows = []
+    for bench in (bench_nms, bench_roi_ops):
+        rows += bench(device, args.quick)
+        if args.json:  # after each part, so a run stopped by a time limit keeps what it measured
+            args.json.write_text(json.dumps(dict(header, rows=rows), indent=2))
     print(f'| {"op":<28} | {"case":<30} | {"ours ms":>9} | {"torchvision ms":>14} | {"ratio":>6} |')
     print(f'|{"-" * 30}|{"-" * 32}|{"-" * 11}|{"-" * 16}|{"-" * 8}|')
     for r in rows:
         r['ratio'] = r['ours_ms'] / r['torchvision_ms']
+        flag = '' if r['agrees'] else ' (results differ from torchvision)'
         print(f'| {r["op"]:<28} | {r["case"]:<30} | {r["ours_ms"]:>9.2f} | {r["torchvision_ms"]:>14.2f} | '
-              f'{r["ratio"]:>5.2f}x |')
+              f'{r["ratio"]:>5.2f}x |{flag}')
     if args.json:
         args.json.write_text(json.dumps(dict(header, rows=rows), indent=2))
+    return rows
 
 
 if __name__ == '__main__':
