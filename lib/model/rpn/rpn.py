@@ -72,8 +72,9 @@ class _RPN(nn.Module):
         score = rpn_cls_score_reshape.permute(0, 2, 3, 1).reshape(-1, 2)
         label = labels.view(-1).long()
         # the mean over labelled anchors (label != -1), as cross_entropy on the selected rows; the count is
-        # clamped so that an image without labelled anchors gives 0 instead of NaN
-        num_labelled = (label != -1).sum().clamp(min=1).to(score.dtype)
+        # clamped so that an image without labelled anchors gives 0 instead of NaN, and kept an integer (in the
+        # bfloat16 of autocast's scores, 8 x 256 anchors would round)
+        num_labelled = (label != -1).sum().clamp(min=1)
         rpn_loss_cls = F.cross_entropy(score, label, ignore_index=-1, reduction='sum') / num_labelled
 
         rpn_loss_box = _smooth_l1_loss(rpn_bbox_pred, bbox_targets, inside_w, outside_w, sigma=3, dim=[1, 2, 3])

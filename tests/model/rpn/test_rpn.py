@@ -69,3 +69,25 @@ def test_eval_losses_are_zero_tensors_and_training_needs_gt():
     rpn.train()
     with pytest.raises(ValueError, match='gt_boxes'):
         rpn(feat, im_info)
+
+
+def test_under_bfloat16_autocast_the_loss_divides_by_the_exact_anchor_count():
+    """257 labelled anchors: in bfloat16 the count would round to 256 (0.4 % too large a loss)."""
+    cfg.ANCHOR_SCALES = [1, 2]
+    cfg.TRAIN.RPN_POST_NMS_TOP_N = 30
+    cfg.TRAIN.RPN_BATCHSIZE = 257
+    torch.manual_seed(0)
+    rpn = _RPN(8).train()
+    feat = torch.randn(1, 8, 12, 14)
+    im_info = torch.tensor([[192., 224., 1.]])
+    gt = torch.tensor([[[20., 20., 90., 100., 1.], [100., 60., 180., 150., 2.]]])
+    torch.manual_seed(5)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        _, loss_cls, _ = rpn(feat, im_info, gt, torch.tensor([2]))
+        score = rpn.RPN_cls_score(F.relu(rpn.RPN_Conv(feat))).detach()
+    assert score.dtype == torch.bfloat16
+    torch.manual_seed(5)
+    labels = rpn.RPN_anchor_target(score, gt, im_info, torch.tensor([2]))[0].view(-1).long()
+    assert (labels != -1).sum() == 257
+    s = rpn.reshape(score, 2).permute(0, 2, 3, 1).reshape(-1, 2).float()
+    torch.testing.assert_close(loss_cls.float(), F.cross_entropy(s, labels, ignore_index=-1), rtol=1e-5, atol=0)
