@@ -31,6 +31,18 @@ def test_bench_cpu_smoke(bench, tmp_path, capsys):
     assert len(saved['results']) == len(results)
 
 
+def test_both_models_train_the_same_layers(bench):
+    from lib.model.utils.config import cfg_from_file
+    cfg_from_file(bench.osp.join(bench.ROOT, 'cfgs', 'res101.yml'))
+    ours = bench.build_ours(21, 'res18')
+    frozen = {n.split('.')[0] for n, m in ours.RCNN_base.named_modules()
+              if isinstance(m, bench.nn.Conv2d) and not m.weight.requires_grad}
+    assert frozen == {'0', '4'}  # conv1 and layer1, as torchvision's reference
+    ours.train()
+    bns = [m for m in ours.modules() if isinstance(m, bench.nn.BatchNorm2d)]
+    assert bns and not any(m.training or m.weight.requires_grad for m in bns)  # frozen, as FrozenBatchNorm2d
+
+
 def test_torchvision_reference_has_the_originals_shape(bench):
     from lib.model.utils.config import cfg
     model = bench.build_torchvision_c4(21, 600, 1000, depth=18)

@@ -97,11 +97,11 @@ def build_torchvision_c4(num_classes, min_size, max_size, depth=101):
 
 
 def build_ours(num_classes, net):
-    from lib.model.faster_rcnn.resnet import resnet
+    """This project's model as it trains from the original's pretrained weights (random values here): conv1 and
+    layer1 frozen (freeze_stem, RESNET.FIXED_BLOCKS 1), BatchNorm frozen, like the torchvision reference."""
+    from lib.model.utils.script_utils import build_detector
     classes = ['__background__'] + [f'c{i}' for i in range(1, num_classes)]
-    model = resnet(classes, int(net[3:]), pretrained=False, class_agnostic=False)
-    model.create_architecture()
-    return model
+    return build_detector(net, classes, freeze_stem=True)
 
 
 def make_inputs(bs, h, w, num_gt, num_classes, device, seed=0):
