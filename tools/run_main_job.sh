@@ -10,7 +10,7 @@ if python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)
   NET=${NET:-res50}; CFG=${CFG:-cfgs/shapes_gpu.yml}; DEV=--cuda; DEMO_THRESH=${DEMO_THRESH:-0.5}
   TRAIN_ARGS=${TRAIN_ARGS:-"--amp --bs 8 --nw 8 --lr 0.02 --epochs 12 --lr_decay_step 9"}
 else
-  # the 15-minute CPU model is weak (mAP about 0.23): its demo draws boxes scoring 0.3 and more, not 0.5
+  # the 15-minute CPU model is weak (mAP 0.18-0.23): its demo draws boxes scoring 0.3 and more, not 0.5
   NET=${NET:-res18}; CFG=${CFG:-cfgs/shapes_cpu.yml}; DEV=; DEMO_THRESH=${DEMO_THRESH:-0.3}
   TRAIN_ARGS=${TRAIN_ARGS:-"--bs 1 --nw 1 --epochs 3 --max_iters 650 --lr 0.01 --lr_decay_step 2 --checkpoint_interval 0"}
 fi
