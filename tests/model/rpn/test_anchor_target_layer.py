@@ -133,3 +133,35 @@ def test_outside_weights_use_each_images_own_count():
     assert counts[0] != counts[1]
     for b in range(2):
         assert torch.allclose(ow[b][lab[b] >= 0], torch.tensor(1.0 / float(counts[b])))
+
+
+def test_labels_follow_the_overlap_thresholds_before_subsampling():
+    """No subsampling (a batch larger than the anchors): every inside anchor is positive when IoU >= 0.7 with a gt
+    or it is a gt's best (ties included), negative when its best IoU < 0.3 and it is not positive, ignored in the
+    band between, as the original's anchor_target_layer (RPN_CLOBBER_POSITIVES False)."""
+    anchors = _anchors()
+    # a gt 8 px wider than a 64 x 64 anchor: that anchor and its neighbour 16 px right both pass 0.7, and only one
+    # of them is the gt's best
+    k = int(((anchors[:, 2] - anchors[:, 0] == 63) & (anchors[:, 3] - anchors[:, 1] == 63)
+             & (anchors[:, 0] == 24) & (anchors[:, 1] == 24)).nonzero()[0])
+    gt = torch.zeros(1, 2, 5)
+    gt[0, 0, :4] = anchors[k] + torch.tensor([0., 0., 8., 0.])
+    gt[0, 0, 4] = 1
+    gt[0, 1] = torch.tensor([5., 70., 40., 100., 2.])
+    im_info = torch.tensor([[128., 128., 1.]])
+    layer = _AnchorTargetLayer(STRIDE, SCALES, RATIOS, batch_size=100000, fg_fraction=1.0)
+    lab = _flat(*layer(torch.zeros(1, 2 * A, H, W), gt, im_info, torch.tensor([2])))[0][0]
+
+    inside = (anchors[:, 0] >= 0) & (anchors[:, 1] >= 0) & (anchors[:, 2] < 128) & (anchors[:, 3] < 128)
+    ov = bbox_overlaps(anchors, gt[0, :, :4])
+    ov[~inside] = -1
+    best_of_a_gt = (ov == ov.max(0, keepdim=True).values).any(1)
+    max_ov = ov.max(1).values
+    pos = inside & ((max_ov >= 0.7) | best_of_a_gt)
+    neg = inside & (max_ov < 0.3) & ~pos
+    expected = torch.full_like(lab, -1)
+    expected[neg] = 0
+    expected[pos] = 1
+    assert ((max_ov >= 0.7) & ~best_of_a_gt).any()  # the threshold, not the best-anchor rule, makes a positive
+    assert (inside & (max_ov >= 0.3) & (max_ov < 0.7) & ~pos).any()  # and the band is ignored
+    assert torch.equal(lab, expected)
