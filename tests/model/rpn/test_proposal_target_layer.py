@@ -85,6 +85,21 @@ def test_sampled_rois_against_reference():
     assert ((labels[:, :-1] > 0) | (labels[:, 1:] == 0)).all()
 
 
+def test_background_rois_respect_bg_thresh_lo():
+    """The default BG_THRESH_LO 0.1: rois overlapping no gt by at least 0.1 are never sampled as background."""
+    torch.manual_seed(0)
+    cfg.TRAIN.BATCH_SIZE = 16
+    cfg.TRAIN.BG_THRESH_LO = 0.1
+    rois, gt, num_boxes = _scene()
+    gts = gt[0, :2].tolist()
+    ious = [_reference_target(r, gts, [0] * 4, [1] * 4)[0] for r in rois[0, :34, 1:].tolist()]
+    assert sum(i < 0.1 for i in ious) >= 5 and sum(0.1 <= i < 0.5 for i in ious) >= 5  # both kinds are there
+    out_rois, labels, _, _, _ = _ProposalTargetLayer(4)(rois, gt, num_boxes)
+    bg = [_reference_target(out_rois[0, r, 1:].tolist(), gts, [0] * 4, [1] * 4)[0]
+          for r in range(16) if labels[0, r] == 0]
+    assert bg and all(0.1 <= i < 0.5 for i in bg)
+
+
 def test_unnormalised_targets():
     cfg.TRAIN.BATCH_SIZE = 8
     cfg.TRAIN.BBOX_NORMALIZE_TARGETS_PRECOMPUTED = False
