@@ -42,6 +42,52 @@ def test_postprocess_threshold_nms_per_class_and_topk():
     np.testing.assert_allclose(top[2][:, 4], [0.35])
 
 
+def _decode_by_hand(roi, d, h, w, scale):
+    """The original's decoding, written out (x2 = cx + w / 2 - 1, the inverse of its encoding), clipped to the
+    image and mapped back by the scale."""
+    import math
+    bw, bh = roi[2] - roi[0] + 1, roi[3] - roi[1] + 1
+    cx, cy = roi[0] + 0.5 * bw, roi[1] + 0.5 * bh
+    px, py, pw, ph = d[0] * bw + cx, d[1] * bh + cy, math.exp(d[2]) * bw, math.exp(d[3]) * bh
+    box = [px - 0.5 * pw, py - 0.5 * ph, px + 0.5 * pw - 1, py + 0.5 * ph - 1]
+    box = [min(max(box[0], 0), w - 1), min(max(box[1], 0), h - 1), min(max(box[2], 0), w - 1),
+           min(max(box[3], 0), h - 1)]
+    return [c / scale for c in box]
+
+
+@pytest.mark.parametrize('agnostic', [False, True])
+def test_im_detect_unnormalises_decodes_clips_and_rescales(agnostic):
+    """A stub model's rois and normalised deltas (stds 0.1, 0.1, 0.2, 0.2) against the decoding by hand."""
+    from lib.model.utils.test_utils import im_detect
+    g = torch.Generator().manual_seed(0)
+    B, R, C = 2, 5, 3
+    xy = torch.rand(B, R, 2, generator=g) * 150
+    rois = torch.cat([torch.arange(B).float().view(B, 1, 1).expand(B, R, 1), xy,
+                      xy + 10 + torch.rand(B, R, 2, generator=g) * 100], 2)
+    rois[0, 0, 1:] = torch.tensor([180., 5., 199., 60.])  # near the right edge: its box gets clipped
+    deltas = torch.randn(B, R, 4 * (1 if agnostic else C), generator=g)
+    scores = torch.rand(B, R, C, generator=g)
+    im_info = torch.tensor([[160., 200., 2.0], [160., 200., 1.25]])
+
+    def model(im_data, info):
+        assert info is im_info
+        return rois, scores, deltas
+
+    out_scores, boxes = im_detect(model, torch.zeros(B, 3, 160, 200), im_info)
+    assert torch.equal(out_scores, scores)
+    stds = [0.1, 0.1, 0.2, 0.2]
+    clipped = 0
+    for b in range(B):
+        for r in range(R):
+            for k in range(deltas.shape[2] // 4):
+                d = [deltas[b, r, 4 * k + i].item() * stds[i] for i in range(4)]
+                want = _decode_by_hand(rois[b, r, 1:].tolist(), d, 160, 200, im_info[b, 2].item())
+                got = boxes[b, r, 4 * k:4 * k + 4]
+                torch.testing.assert_close(got, torch.tensor(want), rtol=1e-5, atol=1e-4)
+                clipped += int(any(c in (0.0, 199 / im_info[b, 2].item()) for c in want[::2]))
+    assert clipped > 0
+
+
 def test_postprocess_class_agnostic_boxes():
     boxes = torch.tensor([[0., 0., 9., 9.], [20., 20., 29., 29.]])
     scores = torch.tensor([[0.2, 0.5, 0.3], [0.1, 0.1, 0.8]])
