@@ -262,10 +262,6 @@ def _write_one(job):
     return image_id
 
 
-def _init_worker():
-    cv2.setNumThreads(1)
-
-
 def _params(num_train, num_test, seed, min_size, max_size):
     if min_size < 32 or max_size < min_size:
         raise ValueError(f'need 32 <= min_size <= max_size, got min_size={min_size}, max_size={max_size}')
@@ -303,8 +299,15 @@ def generate_shapes_dataset(root, num_train=800, num_test=200, seed=0, min_size=
         workers = min(8, os.cpu_count() or 1)
     if workers > 1 and len(jobs) > 16:
         ctx = mp.get_context('fork') if 'fork' in mp.get_all_start_methods() else mp.get_context()
-        with ctx.Pool(workers, initializer=_init_worker) as pool:
-            list(pool.imap_unordered(_write_one, jobs, chunksize=8))
+        # one OpenCV thread per worker, set here in the parent and inherited: cv2.setNumThreads called in a forked
+        # child whose parent had used OpenCV's thread pool (any large resize) waits forever on that pool
+        threads = cv2.getNumThreads()
+        cv2.setNumThreads(1)
+        try:
+            with ctx.Pool(workers) as pool:
+                list(pool.imap_unordered(_write_one, jobs, chunksize=8))
+        finally:
+            cv2.setNumThreads(threads)
     else:
         for job in jobs:
             _write_one(job)

@@ -37,6 +37,27 @@ def test_same_seed_gives_identical_files_whatever_the_worker_count(tmp_path):
     assert len(mismatch) == 20
 
 
+def test_generating_with_workers_after_opencv_used_its_thread_pool(tmp_path):
+    """A process that has run a large cv2.resize (OpenCV's thread pool) and then generates the set with forked
+    workers: the workers must not touch that pool (a suite once hung here). In a subprocess, with a timeout."""
+    import subprocess
+    import sys
+    code = ("import cv2, numpy as np\n"
+            "from lib.datasets.shapes import generate_shapes_dataset\n"
+            "before = cv2.getNumThreads()\n"
+            "im = np.random.rand(1000, 1500, 3).astype(np.float32)\n"
+            "for _ in range(3):\n"
+            "    cv2.resize(im, None, None, fx=1.7, fy=1.7)\n"
+            f"generate_shapes_dataset({str(tmp_path / 'VOC2007')!r}, num_train=30, num_test=6, seed=1, workers=2)\n"
+            "print(cv2.getNumThreads() == before)\n")
+    root = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..'))
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, 'PYTHONPATH': root})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == 'True'  # the caller's OpenCV thread count is given back
+    assert len(os.listdir(tmp_path / 'VOC2007' / 'JPEGImages')) == 36
+
+
 def test_layout_and_voc_schema(tiny_shapes_root):
     root = tiny_shapes_root
     with open(os.path.join(root, 'ImageSets', 'Main', 'trainval.txt')) as f:
