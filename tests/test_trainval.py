@@ -192,6 +192,19 @@ def test_resume_mid_epoch_reproduces_the_uninterrupted_run(tiny_shapes, tmp_path
     again = load_checkpoint(resumed['checkpoints'][-1])
     for k, v in final['model'].items():
         assert torch.equal(v, again['model'][k]), k
+    # the optimizer itself runs at the decayed lr (every group: DOUBLE_BIAS is off in this cfg), not only the log
+    assert [g['lr'] for g in final['optimizer']['param_groups']] == pytest.approx(
+        [0.005] * len(final['optimizer']['param_groups']))
+
+    # resuming inside the decayed epoch does not decay again
+    os.remove(resumed['checkpoints'][-1])
+    late = train(tiny_args(tiny_shapes, tmp_path, *common, '--r', '--checkepoch', '2', '--checkpoint', '1'))
+    last = load_checkpoint(late['checkpoints'][-1])
+    assert os.path.basename(late['checkpoints'][-1]) == 'faster_rcnn_1_2_2.pth'
+    assert [g['lr'] for g in last['optimizer']['param_groups']] == pytest.approx(
+        [0.005] * len(last['optimizer']['param_groups'])) and last['lr'] == pytest.approx(0.005)
+    for k, v in final['model'].items():
+        assert torch.equal(v, last['model'][k]), k
 
 
 def test_resume_rebuilds_the_checkpoint_model_whatever_the_flags_say(tiny_shapes, tmp_path):
