@@ -111,6 +111,56 @@ def test_crop_keeps_the_gt_region(tmp_path, box, wide):
             assert g[0] == 0 and g[2] == 199
 
 
+def _painted(shape, box):
+    """A dark grey image with the box's pixels bright: the box must stay on bright pixels whatever the loader does."""
+    im = np.full(shape, 20, np.uint8)
+    x1, y1, x2, y2 = box
+    im[y1:y2 + 1, x1:x2 + 1] = 250
+    return im
+
+
+def _assert_box_on_bright_pixels(im_data, box):
+    """Inside the box (1 px in from its edges, past the resize's blending) bright; 2 px outside, dark or padding."""
+    x1, y1, x2, y2 = (int(round(v)) for v in box)
+    plane = im_data[0].numpy()  # B channel, PIXEL_MEANS subtracted: bright ~ +147, dark ~ -83, padding 0
+    assert (plane[y1 + 1:y2, x1 + 1:x2] > 100).all()
+    h, w = plane.shape
+    for y, x in ((y1, x2 + 2), (y1, x1 - 2), (y1 - 2, x1), (y2 + 2, x1)):
+        if 0 <= y < h and 0 <= x < w:
+            assert plane[y, x] < 50, (y, x)
+
+
+@pytest.mark.parametrize('box,wide', [((300, 20, 350, 60), True), ((5, 10, 40, 30), True),
+                                      ((20, 300, 60, 350), False), ((30, 150, 70, 200), False)])
+def test_cropped_images_keep_their_pixels_under_their_boxes(tmp_path, box, wide):
+    shape = (100, 400, 3) if wide else (400, 100, 3)
+    entry = _entry(str(tmp_path / 'a.png'), _painted(shape, box), [box])
+    cfg.TRAIN.SCALES = (100,)
+    cfg.TRAIN.USE_FLIPPED = False
+    ds = _loader([entry])
+    np.random.seed(1)
+    for _ in range(10):  # random crop windows
+        im_data, im_info, gt, num_boxes = ds[0]
+        assert int(num_boxes) == 1
+        _assert_box_on_bright_pixels(im_data, gt[0, :4].tolist())
+
+
+def test_padded_images_keep_their_pixels_under_their_boxes(tmp_path):
+    """A block of two tall images (ratios 0.8 and 0.6) takes the smaller ratio: the first is padded below."""
+    a = _entry(str(tmp_path / 'a.png'), _painted((100, 80, 3), (10, 20, 50, 70)), [(10, 20, 50, 70)])
+    b = _entry(str(tmp_path / 'b.png'), _painted((100, 60, 3), (5, 5, 30, 40)), [(5, 5, 30, 40)])
+    cfg.TRAIN.SCALES = (100,)
+    ds = _loader([a, b], batch_size=2)
+    items = [ds[0], ds[1]]
+    assert items[0][0].shape == items[1][0].shape
+    padded = [it for it in items if (it[0][0] == 0).all(dim=1).any()]
+    assert len(padded) == 1  # the 0.8 image gets zero rows
+    for im_data, _, gt, num_boxes in items:
+        _assert_box_on_bright_pixels(im_data, gt[0, :4].tolist())
+    rows = (padded[0][0][0] == 0).all(dim=1)
+    assert rows[-1] and not rows[0]  # below the image, not above
+
+
 def test_max_num_gt_boxes_padding(tmp_path):
     boxes = [[i * 10, i * 5, i * 10 + 8, i * 5 + 6] for i in range(5)]
     entry = _entry(str(tmp_path / 'a.jpg'), np.zeros((60, 60, 3), np.uint8), boxes)
