@@ -233,3 +233,31 @@ def test_state_dict_keys_use_the_original_names(tiny_cfg):
     keys = list(model.state_dict())
     assert all(k.startswith(prefixes) for k in keys), [k for k in keys if not k.startswith(prefixes)]
     assert all(any(k.startswith(p) for k in keys) for p in prefixes)
+
+
+@pytest.mark.parametrize('class_agnostic', [False, True])
+def test_rcnn_losses_from_the_heads_outputs_by_hand(tiny_cfg, class_agnostic):
+    """RCNN_loss_cls: cross-entropy over the sampled rois; RCNN_loss_bbox: the original's smooth L1 (sigma 1) of
+    each roi's own-class deltas against its targets, inside/outside weighted, summed over the 4 and averaged over
+    the rois. Recomputed from the layers' outputs, captured with hooks."""
+    torch.manual_seed(0)
+    model = build('res18', class_agnostic=class_agnostic)
+    model.RCNN_bbox_pred.weight.data.normal_(0, 0.05)  # deltas of the size of the targets: both smooth-L1 branches
+    seen = {}
+    for name in ('RCNN_proposal_target', 'RCNN_bbox_pred', 'RCNN_cls_score'):
+        getattr(model, name).register_forward_hook(lambda m, i, o, name=name: seen.__setitem__(name, o))
+    out = model(*make_batch(B=2, H=64, W=96))
+    _, labels, targets, inside, outside = (t.detach() for t in seen['RCNN_proposal_target'])
+    labels, targets, inside, outside = labels.view(-1).long(), targets.view(-1, 4), inside.view(-1, 4), \
+        outside.view(-1, 4)
+    assert (labels > 0).any() and (labels == 0).any()
+    scores = seen['RCNN_cls_score'].detach()
+    log_p = scores - scores.exp().sum(1, keepdim=True).log()
+    torch.testing.assert_close(out.RCNN_loss_cls, -log_p[torch.arange(len(labels)), labels].mean())
+
+    deltas = seen['RCNN_bbox_pred'].detach()
+    own = deltas if class_agnostic else deltas.view(len(labels), C, 4)[torch.arange(len(labels)), labels]
+    d = (inside * (own - targets)).abs()
+    per = torch.where(d < 1, 0.5 * d ** 2, d - 0.5) * outside
+    assert ((d >= 1) & (outside > 0)).any() and ((d < 1) & (d > 0) & (outside > 0)).any()
+    torch.testing.assert_close(out.RCNN_loss_bbox, per.sum(1).mean())
