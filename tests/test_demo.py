@@ -4,6 +4,7 @@ import shutil
 import sys
 
 import cv2
+import numpy as np
 import pytest
 
 import trainval_net
@@ -60,7 +61,25 @@ def test_demo_writes_result_images(model_dir, tmp_path, capsys):
         src = cv2.imread(str(images / n))
         res = cv2.imread(str(out_dir / (os.path.splitext(n)[0] + '_det.jpg')))
         assert res is not None and res.shape == src.shape
+        # boxes were drawn (--thresh 0.0 draws every detection the demo keeps): the box colour, BGR (0, 204, 0)
+        assert _box_coloured(res).sum() > _box_coloured(src).sum() + 100
     assert 'using it instead of --net res50' in capsys.readouterr().out
+
+
+def _box_coloured(im):
+    b, g, r = (im[:, :, k].astype(int) for k in range(3))
+    return (abs(b - 0) < 40) & (abs(g - 204) < 40) & (abs(r - 0) < 40)
+
+
+def test_draw_detections_draws_above_the_threshold_on_a_copy():
+    from lib.model.utils.test_utils import draw_detections
+    im = np.full((100, 120, 3), 128, np.uint8)
+    dets = [[], np.array([[10, 10, 60, 50, 0.9]], np.float32), np.array([[70, 60, 110, 95, 0.3]], np.float32)]
+    out = draw_detections(im, dets, ['__background__', 'circle', 'square'], thresh=0.5)
+    assert (im == 128).all()  # the input is left alone
+    assert tuple(out[10, 30]) == (0, 204, 0) and tuple(out[50, 30]) == (0, 204, 0)  # top and bottom edges
+    assert (out[60:96, 70:111] == 128).all()  # 0.3 < 0.5: not drawn
+    assert (out[:, :, 2] == 255).any()  # the red label text
 
 
 def fix_load_dir(tmp, *extra):
