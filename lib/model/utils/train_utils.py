@@ -188,8 +188,8 @@ class _WithIndex(torch.utils.data.Dataset):
 
 
 def _init_worker(worker_id):
-    # torch seeds each worker (base seed + worker id) but not numpy, which the data layer uses for scales and crops;
-    # without this every worker would draw the same numpy numbers.
+    # numpy, which the data layer uses for scales and crops, from the worker's own torch seed (base seed + worker
+    # id), so that the draws follow the loader's generator (recent torch also seeds numpy itself).
     import numpy as np
     np.random.seed(torch.initial_seed() % 2 ** 32)
     # Ctrl-C and `timeout` signal the whole process group, workers included, while the trainer finishes its

@@ -140,3 +140,27 @@ def test_amp_on_cpu_warns_and_runs_float32():
     with ctx():
         assert torch.mm(torch.ones(2, 2), torch.ones(2, 2)).dtype == torch.float32
     assert scaler is False
+
+
+class _NumpyDraws(torch.utils.data.Dataset):
+    """Each item: a numpy draw, as the data layer makes for scales and crops."""
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        import numpy as np
+        return torch.tensor(np.random.randint(0, 2 ** 31))
+
+
+def test_loader_workers_draw_different_numpy_numbers():
+    from lib.model.utils.train_utils import _init_worker
+    g = torch.Generator().manual_seed(0)
+    draws = torch.cat(list(torch.utils.data.DataLoader(_NumpyDraws(), batch_size=2, num_workers=2,
+                                                       worker_init_fn=_init_worker, generator=g)))
+    # worker 0 loads batches 0 and 2, worker 1 batches 1 and 3: a shared numpy state would repeat the draws
+    assert not torch.equal(draws[0:2], draws[2:4])
+    assert len(set(draws.tolist())) == 8
+    again = torch.cat(list(torch.utils.data.DataLoader(_NumpyDraws(), batch_size=2, num_workers=2,
+                                                       worker_init_fn=_init_worker,
+                                                       generator=torch.Generator().manual_seed(0))))
+    assert torch.equal(draws, again)  # and they follow the loader's generator
