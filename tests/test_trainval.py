@@ -373,6 +373,16 @@ def test_a_run_with_loader_workers_ends_and_exits(tiny_shapes, tmp_path):
 
 
 def test_stop_request_takes_the_signals_and_gives_them_back():
+    # Python's own Ctrl-C handler to start from, whatever this process inherited (a shell's background job starts
+    # with SIGINT ignored, and the second Ctrl-C below would then do nothing)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        _stop_request_round_trip()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _stop_request_round_trip():
     before = {s: signal.getsignal(s) for s in StopRequest.SIGNALS}
     with StopRequest() as stop:
         assert all(signal.getsignal(s) == stop._handle for s in StopRequest.SIGNALS)
