@@ -55,8 +55,8 @@ def build_parser():
     p.add_argument('--data_path', dest='data_path', default=None, type=str,
                    help='folder of a VOC-format dataset for --dataset custom')
     p.add_argument('--weights', dest='weights', default=None, type=str,
-                   help="pretrained backbone weights (default data/pretrained_model/<net>_caffe.pth as the "
-                        "original); 'none' trains from scratch")
+                   help="pretrained backbone weights (default data/pretrained_model/vgg16_caffe.pth or "
+                        "resnet<N>_caffe.pth, as the original); 'none' trains from scratch")
     p.add_argument('--max_iters', dest='max_iters', default=None, type=int,
                    help='cap on iterations per epoch (quick runs)')
     return p

@@ -247,7 +247,8 @@ def parse_args(argv=None):
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     p.add_argument('--sections', default='train,test,ops,loader')
     p.add_argument('--net', default='res101', choices=['res18', 'res34', 'res50', 'res101', 'res152'])
-    p.add_argument('--bs', type=int, nargs='+', default=None, help='batch sizes (default 1 4)')
+    p.add_argument('--bs', type=int, nargs='+', default=None,
+                   help='batch sizes (default 1 4; 1 2 with --quick or on the CPU)')
     p.add_argument('--amp', nargs='+', default=None, choices=['fp32', 'bf16'])
     p.add_argument('--height', type=int, default=None)
     p.add_argument('--width', type=int, default=None)

@@ -2,7 +2,7 @@
 
 Config precedence, the same in every script (later wins):
   config.py defaults < the dataset's defaults (DATASETS below) < cfgs/<net>[_ls].yml or --cfg
-  < the model-defining keys stored in a checkpoint (test/demo only) < --set.
+  < the model-defining keys stored in a checkpoint (test_net, demo, and trainval_net --r) < --set.
 """
 import argparse
 import os
@@ -59,7 +59,8 @@ def str2bool(value):
 def add_cfg_args(parser, with_ls=True):
     """--cfg, --ls and --set, identical in every script. --set takes the rest of the command line, as the original."""
     parser.add_argument('--cfg', dest='cfg_file', default=None, type=str,
-                        help='config file; default cfgs/<net>.yml (cfgs/<net>_ls.yml with --ls)')
+                        help='config file; default cfgs/<net>.yml'
+                        + (' (cfgs/<net>_ls.yml with --ls)' if with_ls else ''))
     if with_ls:
         parser.add_argument('--ls', dest='large_scale', action='store_true',
                             help='use the large image scale config (cfgs/<net>_ls.yml)')
