@@ -21,11 +21,16 @@ constexpr int kSweepThreads = 512;
 // The removed bitmap lives in shared memory up to this size (N <= 327,680 boxes), in global memory beyond it.
 constexpr int64_t kMaxSharedWords = 5120;
 
+// A rounded product that nvcc cannot fuse into the subtraction that follows (it contracts a * b + c into an fma by
+// default), so that the IoU, and a keep/suppress decision at the threshold, round as in the CPU kernel.
+__device__ inline float mul_rn(float a, float b) { return __fmul_rn(a, b); }
+__device__ inline double mul_rn(double a, double b) { return __dmul_rn(a, b); }
+
 template <typename acc_t>
 __device__ inline bool iou_above(const acc_t* a, const acc_t* b, acc_t thresh) {
   const acc_t w = max(min(a[2], b[2]) - max(a[0], b[0]) + acc_t(1), acc_t(0));
   const acc_t h = max(min(a[3], b[3]) - max(a[1], b[1]) + acc_t(1), acc_t(0));
-  const acc_t inter = w * h;
+  const acc_t inter = mul_rn(w, h);
   return inter / (a[4] + b[4] - inter) > thresh;
 }
 
