@@ -186,6 +186,17 @@ def test_image_set_lines_are_read_by_their_first_word_as_in_training(make_voc):
     assert imdb.evaluate_detections([[[], []], dets], None)['mAP'] == pytest.approx(1.0)
 
 
+@pytest.mark.parametrize('dx,expected', [(16, 0.5), (4, 0.9), (30, 0.1)])
+def test_coco_style_ap_counts_the_ten_thresholds_a_match_passes(make_voc, dx, expected):
+    """One 100 x 100 object, one detection shifted by dx: IoU (100 - dx) / (100 + dx) (0.724, 0.923, 0.538) passes
+    the thresholds .50, .55, ... below it, AP 1 at each of those and 0 above: AP@[.5:.95] = passed / 10."""
+    root = make_voc([('a', 200, 200, [('dog', 11, 11, 110, 110)])], split='test', classes=['dog'])
+    imdb = voc_format('test', root)
+    det = np.array([[10 + dx, 10, 109 + dx, 109, 0.9]], np.float32)
+    res = imdb.evaluate_detections([[[]], [det]], None)
+    assert res['mAP_area'] == pytest.approx(1.0) and res['AP_coco'] == pytest.approx(expected)
+
+
 @pytest.mark.parametrize('damage', ['', '{"key": ', '[1, 2]'])
 def test_a_damaged_annotation_cache_is_parsed_again(eval_files, caplog, damage):
     annopath, imageset, cachedir = eval_files
