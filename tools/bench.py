@@ -229,7 +229,6 @@ def bench_ops_section(args, device, results):
     rows = bench_ops.bench_nms(device, args.quick) + bench_ops.bench_roi_ops(device, args.quick)
     for r in rows:
         r['section'] = 'ops'
-        r['ratio'] = r['ours_ms'] / r['torchvision_ms']
         print(f"ops    {r['op']:<28} {r['case']:<32} ours {r['ours_ms']:9.2f} ms | torchvision "
               f"{r['torchvision_ms']:9.2f} ms | ratio {r['ratio']:.2f}x", flush=True)
     results.extend(rows)

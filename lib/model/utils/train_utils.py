@@ -371,12 +371,11 @@ def _train(args, rank, world, local_rank, is_main, say, start_time, stop):
 
     # the model is built before the data loader: loading pretrained weights sets cfg.INPUT_FORMAT, which the
     # loader's image normalisation follows
-    # no --weights: the original's data/pretrained_model/<net>_caffe.pth; 'none': from scratch
-    pretrained = args.weights is None or str(args.weights).lower() != 'none'
-    weights = args.weights if pretrained else None
     if ck is None:
+        # no --weights: the original's data/pretrained_model/<net>_caffe.pth; 'none': from scratch
+        pretrained = args.weights is None or str(args.weights).lower() != 'none'
         core = build_detector(args.net, imdb.classes, pretrained=pretrained, class_agnostic=args.class_agnostic,
-                              weights=weights)
+                              weights=args.weights if pretrained else None)
     else:  # the checkpoint replaces every weight; its stem is frozen as it was (the original's always was)
         core = build_detector(args.net, imdb.classes, class_agnostic=args.class_agnostic,
                               freeze_stem=ck.get('freeze_stem', True))
