@@ -43,6 +43,20 @@ def tiny_argv(data_root, tmp_path, *extra):
             '--set', 'DATA_DIR', str(tmp_path / 'data'), *TINY_SET]
 
 
+def without_weights_flag(argv):
+    """argv with its '--weights none' taken out: the default, the original's pretrained file."""
+    i = argv.index('--weights')
+    return argv[:i] + argv[i + 2:]
+
+
+def write_random_resnet18_weights(tmp_path):
+    """A torchvision-format ResNet-18 file where the default --weights looks (DATA_DIR is tmp_path/data)."""
+    path = tmp_path / 'data' / 'pretrained_model' / 'resnet18_caffe.pth'
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
+    return path
+
+
 def tiny_args(data_root, tmp_path, *extra):
     return trainval_net.parse_args(tiny_argv(data_root, tmp_path, *extra))
 
@@ -146,14 +160,11 @@ def test_checkpoints_hold_the_full_state(tiny_shapes, tmp_path):
 
 
 def test_without_weights_training_starts_from_the_original_pretrained_file(tiny_shapes, tmp_path, capsys):
-    argv = tiny_argv(tiny_shapes, tmp_path, '--epochs', '1', '--max_iters', '1')
-    i = argv.index('--weights')
-    argv = argv[:i] + argv[i + 2:]  # no --weights at all
+    argv = without_weights_flag(tiny_argv(tiny_shapes, tmp_path, '--epochs', '1', '--max_iters', '1'))
     expected = tmp_path / 'data' / 'pretrained_model' / 'resnet18_caffe.pth'
     with pytest.raises(FileNotFoundError, match=re.escape(str(expected))):
         train(trainval_net.parse_args(argv))
-    expected.parent.mkdir(parents=True)
-    torch.save(torchvision.models.resnet18(weights=None).state_dict(), expected)
+    assert write_random_resnet18_weights(tmp_path) == expected
     capsys.readouterr()
     out = train(trainval_net.parse_args(argv))
     assert f'Loading pretrained weights from {expected}' in capsys.readouterr().out
@@ -216,9 +227,8 @@ def test_resume_rebuilds_the_checkpoint_model_whatever_the_flags_say(tiny_shapes
     assert os.path.basename(ck_path) == 'faster_rcnn_1_1_1.pth'
     again = tiny_argv(tiny_shapes, tmp_path, '--epochs', '2', '--max_iters', '2', '--r', '--checkepoch', '1',
                       '--checkpoint', '1')
-    i = again.index('--weights')
     logs = []
-    out = train(trainval_net.parse_args(again[:i] + again[i + 2:] + ['TRAIN.BATCH_SIZE', '8']), log=logs.append)
+    out = train(trainval_net.parse_args(without_weights_flag(again) + ['TRAIN.BATCH_SIZE', '8']), log=logs.append)
     text = '\n'.join(logs)
     assert "cfg differs from" in text and 'TRAIN.BATCH_SIZE: 16 -> 8' in text and 'ANCHOR_SCALES' not in text
     assert 'continuing at epoch 2, iteration 0' in text
@@ -245,9 +255,7 @@ def test_resume_from_a_checkpoint_in_the_original_format(tiny_shapes, tmp_path):
     with pytest.raises(ValueError, match="its optimizer state does not fit this model's trainable parameters"):
         train(tiny_args(tiny_shapes, tmp_path, *common, *resume))
 
-    weights = tmp_path / 'data' / 'pretrained_model' / 'resnet18_caffe.pth'
-    weights.parent.mkdir(parents=True)
-    torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
+    weights = write_random_resnet18_weights(tmp_path)
     full = train(tiny_args(tiny_shapes, tmp_path, *common, '--weights', str(weights)))
     to_original_format(full['checkpoints'][0])  # faster_rcnn_1_1_1: the end of epoch 1
     logs = []
