@@ -59,7 +59,9 @@ def read_npz_cache(path, fingerprint):
     """The arrays of an .npz cache (no pickles); None, saying why, when it was written for other files or cannot
     be read."""
     try:
-        with np.load(path, allow_pickle=False) as data:
+        # The file is opened here, not by np.load: some numpy releases (2.5) leave their own handle open when the
+        # zip is damaged.
+        with open(path, 'rb') as f, np.load(f, allow_pickle=False) as data:
             if str(data['fingerprint']) != fingerprint:
                 print(f'cache {path} is out of date (its dataset files changed); rebuilding')
                 return None

@@ -206,7 +206,8 @@ def load_detections(path):
     """Read what save_detections wrote: (all_boxes, classes, image_index)."""
     with open(os.path.splitext(path)[0] + '.json') as f:
         index = json.load(f)
-    flat = np.load(path, allow_pickle=False)['dets']
+    with np.load(path, allow_pickle=False) as data:
+        flat = data['dets']
     C, N = len(index['classes']), len(index['image_index'])
     all_boxes = [[np.zeros((0, 5), np.float32) for _ in range(N)] for _ in range(C)]
     if len(flat):
