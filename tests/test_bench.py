@@ -65,3 +65,41 @@ def test_bench_ops_cpu_smoke(load_tool, tmp_path, capsys):
     assert all(r['agrees'] for r in rows) and 'WARNING' not in printed and 'differ' not in printed
     assert all(r['ratio'] == pytest.approx(r['ours_ms'] / r['torchvision_ms']) for r in rows)
     assert json.loads(out.read_text())['rows'] == rows
+
+
+def test_random_weights_give_both_rpns_the_same_proposals(bench):
+    """Plain random weights make torchvision's RPN drop every proposal at 600 x 1000 (its head then runs on
+    nothing) while ours pads to 300: comparable_random_weights must leave both with a full set."""
+    from lib.model.utils.config import cfg, cfg_from_file, cfg_from_list
+    cfg_from_file(bench.osp.join(bench.ROOT, 'cfgs', 'res101.yml'))
+    cfg_from_list(['ANCHOR_SCALES', '[8, 16, 32]'])
+    torch = bench.torch
+    torch.manual_seed(0)
+    ours = bench.build_ours(21, 'res50').eval()
+    tv = bench.build_torchvision_c4(21, 600, 1000, depth=50).eval()
+    for m in (ours, tv):
+        last_bns = [b.bn3 for b in m.modules() if hasattr(b, 'conv3') and hasattr(b, 'bn3')]
+        assert len(last_bns) == 16  # ResNet-50: 3 + 4 + 6 + 3 bottlenecks
+        assert all(not bn.weight.any() for bn in last_bns)
+    ours_in, tv_in = bench.make_inputs(1, 600, 1000, 4, 21, torch.device('cpu'))
+    with torch.no_grad():
+        n_ours = bench.count_proposals(ours, lambda: ours(*ours_in))
+        n_tv = bench.count_proposals(tv, lambda: tv(tv_in[0]))
+    assert n_ours == n_tv == cfg.TEST.RPN_POST_NMS_TOP_N == 300
+
+
+def test_rows_warn_when_the_heads_run_on_unequal_rois(bench, capsys):
+    from lib.model.utils.config import cfg_from_file
+    cfg_from_file(bench.osp.join(bench.ROOT, 'cfgs', 'res101.yml'))  # TEST 300 rois, TRAIN.BATCH_SIZE 128
+    timing = {'ms': 10.0, 'img_s': 100.0, 'peak_mb_per_img': 1.0}
+    full = {'section': 'test', 'bs': 1, 'amp': 'fp32', 'speedup': 1.0,
+            'ours': dict(timing, proposals=300), 'torchvision': dict(timing, proposals=290)}
+    bench.print_row(full)
+    assert 'WARNING' not in capsys.readouterr().out
+    small = dict(full, ours=dict(timing, proposals=46), torchvision=dict(timing, proposals=47))
+    bench.print_row(small)
+    out = capsys.readouterr().out
+    assert 'proposals/img 46 / 47' in out and 'run on 300 (ours, a fixed count) and 47 (torchvision)' in out
+    train = dict(small, section='train', torchvision=dict(timing, proposals=2000))  # both sample 128
+    bench.print_row(train)
+    assert 'WARNING' not in capsys.readouterr().out

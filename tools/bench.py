@@ -67,6 +67,46 @@ def peak_mb(device):
 # The two models
 # ----------------------------------------------------------------------------------------------------------------
 
+def comparable_random_weights(model):
+    """Random weights that give both models the same kind of proposals, in place; the work per image is unchanged.
+
+    With plain random weights and frozen BatchNorm a deep ResNet's activations grow block after block, the RPN's
+    boxes leave the image, and at 600 x 1000 every proposal of a ResNet-101 is dropped: torchvision's heads would
+    then run on nothing at test and on the ground-truth boxes alone in training, while ours runs its fixed 300 /
+    128 rois. So: the last BatchNorm of every residual block gets scale 0 (what ``zero_init_residual`` does), and
+    the RPN's box regression gets zero weights, so that the proposals of both models are their (clipped) anchors,
+    ranked by random scores. The rows print how many proposals each RPN kept."""
+    with torch.no_grad():
+        for m in model.modules():
+            if hasattr(m, 'conv3') and hasattr(m, 'bn3'):  # Bottleneck (ResNet-50 and deeper)
+                m.bn3.weight.zero_()
+            elif hasattr(m, 'downsample') and hasattr(m, 'bn2'):  # BasicBlock (ResNet-18/34)
+                m.bn2.weight.zero_()
+        rpn_box = model.RCNN_rpn.RPN_bbox_pred if hasattr(model, 'RCNN_rpn') else model.rpn.head.bbox_pred
+        rpn_box.weight.zero_()
+        rpn_box.bias.zero_()
+    return model
+
+
+def count_proposals(model, run):
+    """Proposals per image that ``model``'s RPN hands its head during ``run()`` (ours: the non-padding rows of its
+    fixed [B, R, 5] rois; torchvision: the length of each image's list)."""
+    seen = []
+    if hasattr(model, 'RCNN_rpn'):
+        def hook(module, inputs, output):
+            seen.extend((output[0][:, :, 1:] != 0).any(dim=2).sum(dim=1).tolist())
+        handle = model.RCNN_rpn.register_forward_hook(hook)
+    else:
+        def hook(module, inputs, output):
+            seen.extend(len(b) for b in output[0])
+        handle = model.rpn.register_forward_hook(hook)
+    try:
+        run()
+    finally:
+        handle.remove()
+    return min(seen) if seen else 0
+
+
 def build_torchvision_c4(num_classes, min_size, max_size, depth=101):
     """torchvision's FasterRCNN in the original's shape: ResNet-<depth> C4 (conv1..layer3 backbone, layer4 head),
     anchors 128/256/512 x {0.5, 1, 2}, 12000/2000 train and 6000/300 test proposals, 128 RoIs per image,
@@ -85,7 +125,7 @@ def build_torchvision_c4(num_classes, min_size, max_size, depth=101):
             p.requires_grad_(False)
     backbone.out_channels = c4
     head = nn.Sequential(r.layer4, nn.AdaptiveAvgPool2d(1), nn.Flatten())
-    return FasterRCNN(
+    model = FasterRCNN(
         backbone, num_classes=None, min_size=min_size, max_size=max_size,
         rpn_anchor_generator=AnchorGenerator(sizes=((128, 256, 512),), aspect_ratios=((0.5, 1.0, 2.0),)),
         rpn_pre_nms_top_n_train=cfg.TRAIN.RPN_PRE_NMS_TOP_N, rpn_post_nms_top_n_train=cfg.TRAIN.RPN_POST_NMS_TOP_N,
@@ -94,6 +134,7 @@ def build_torchvision_c4(num_classes, min_size, max_size, depth=101):
         box_head=head, box_predictor=FastRCNNPredictor(2 * c4, num_classes),
         box_batch_size_per_image=cfg.TRAIN.BATCH_SIZE, box_score_thresh=0.0, box_nms_thresh=cfg.TEST.NMS,
         box_detections_per_img=100)
+    return comparable_random_weights(model)
 
 
 def build_ours(num_classes, net):
@@ -101,7 +142,7 @@ def build_ours(num_classes, net):
     layer1 frozen (freeze_stem, RESNET.FIXED_BLOCKS 1), BatchNorm frozen, like the torchvision reference."""
     from lib.model.utils.script_utils import build_detector
     classes = ['__background__'] + [f'c{i}' for i in range(1, num_classes)]
-    return build_detector(net, classes, freeze_stem=True)
+    return comparable_random_weights(build_detector(net, classes, freeze_stem=True))
 
 
 def make_inputs(bs, h, w, num_gt, num_classes, device, seed=0):
@@ -163,9 +204,11 @@ def bench_train(args, device, num_classes, results):
                         opt.zero_grad(set_to_none=True)
                         loss.backward()
                         opt.step()
+                proposals = count_proposals(model, step)  # one more warm-up step
                 reset_peak(device)
                 ms = time_ms(step, device, args.warmup, args.iters)
-                row[kind] = {'ms': ms, 'img_s': bs * 1000.0 / ms, 'peak_mb_per_img': peak_mb(device) / bs}
+                row[kind] = {'ms': ms, 'img_s': bs * 1000.0 / ms, 'peak_mb_per_img': peak_mb(device) / bs,
+                             'proposals': proposals}
                 del model, step
             row['speedup'] = row['torchvision']['ms'] / row['ours']['ms']
             results.append(row)
@@ -192,10 +235,11 @@ def bench_test(args, device, num_classes, results):
         def run_tv():
             with autocast_ctx(device, amp):
                 return tv(tv_in[0])
-        for kind, fn in (('ours', run_ours), ('torchvision', run_tv)):
+        for kind, fn, model in (('ours', run_ours, ours), ('torchvision', run_tv, tv)):
+            proposals = count_proposals(model, fn)
             reset_peak(device)
             ms = time_ms(fn, device, args.warmup, args.iters)
-            row[kind] = {'ms': ms, 'img_s': 1000.0 / ms, 'peak_mb_per_img': peak_mb(device)}
+            row[kind] = {'ms': ms, 'img_s': 1000.0 / ms, 'peak_mb_per_img': peak_mb(device), 'proposals': proposals}
         row['speedup'] = row['torchvision']['ms'] / row['ours']['ms']
         results.append(row)
         print_row(row)
@@ -234,11 +278,29 @@ def bench_ops_section(args, device, results):
     results.extend(rows)
 
 
+def head_rois(row, kind):
+    """Rois per image the model's roi head runs on in this row: ours always runs the original's fixed count
+    (TEST.RPN_POST_NMS_TOP_N, zero-padded; TRAIN.BATCH_SIZE sampled), torchvision those its RPN kept (at most
+    TRAIN.BATCH_SIZE sampled in training)."""
+    test = row['section'] == 'test'
+    if kind == 'ours':
+        return cfg.TEST.RPN_POST_NMS_TOP_N if test else cfg.TRAIN.BATCH_SIZE
+    kept = row[kind]['proposals']
+    return kept if test else min(kept, cfg.TRAIN.BATCH_SIZE)
+
+
 def print_row(row):
     o, t = row['ours'], row['torchvision']
     print(f"{row['section']:<6} bs {row['bs']} {row['amp']:<5}  ours {o['ms']:9.2f} ms {o['img_s']:7.2f} img/s "
           f"{o['peak_mb_per_img']:8.0f} MB/img | torchvision {t['ms']:9.2f} ms {t['img_s']:7.2f} img/s "
-          f"{t['peak_mb_per_img']:8.0f} MB/img | speedup x{row['speedup']:.2f}", flush=True)
+          f"{t['peak_mb_per_img']:8.0f} MB/img | speedup x{row['speedup']:.2f} | proposals/img "
+          f"{o['proposals']} / {t['proposals']}", flush=True)
+    ours_rois, tv_rois = head_rois(row, 'ours'), head_rois(row, 'torchvision')
+    if 2 * min(ours_rois, tv_rois) < max(ours_rois, tv_rois):
+        print(f"WARNING: {row['section']} bs {row['bs']}: the roi heads run on {ours_rois} (ours, a fixed count) "
+              f"and {tv_rois} (torchvision) rois per image: at this input size the RPNs keep only "
+              f"{o['proposals']} / {t['proposals']} proposals, so the times compare unequal work "
+              "(at 600 x 1000 both keep 300 at test and 2000 in training)", flush=True)
 
 
 def parse_args(argv=None):
