@@ -52,7 +52,7 @@ __global__ void nms_mask_kernel(int64_t n, int64_t num_words, const scalar_t* __
     s[1] = static_cast<acc_t>(b[1]);
     s[2] = static_cast<acc_t>(b[2]);
     s[3] = static_cast<acc_t>(b[3]);
-    s[4] = (s[2] - s[0] + acc_t(1)) * (s[3] - s[1] + acc_t(1));
+    s[4] = mul_rn(s[2] - s[0] + acc_t(1), s[3] - s[1] + acc_t(1));
   }
   __syncthreads();
   if (threadIdx.x < row_size) {
@@ -60,7 +60,8 @@ __global__ void nms_mask_kernel(int64_t n, int64_t num_words, const scalar_t* __
     const scalar_t* b = boxes + i * 4;
     acc_t box[5] = {static_cast<acc_t>(b[0]), static_cast<acc_t>(b[1]), static_cast<acc_t>(b[2]),
                     static_cast<acc_t>(b[3]), acc_t(0)};
-    box[4] = (box[2] - box[0] + acc_t(1)) * (box[3] - box[1] + acc_t(1));
+    // rounded products, like the intersection: a fused multiply-add into the union would change decisions
+    box[4] = mul_rn(box[2] - box[0] + acc_t(1), box[3] - box[1] + acc_t(1));
     unsigned long long bits = 0;
     for (int j = (row_block == col_block) ? threadIdx.x + 1 : 0; j < col_size; ++j) {
       if (iou_above(box, col_boxes[j], thresh)) {

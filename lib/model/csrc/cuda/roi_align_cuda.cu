@@ -166,8 +166,8 @@ at::Tensor roi_align_forward_cuda(const at::Tensor& input_, const at::Tensor& ro
   const c10::cuda::CUDAGuard guard(input_.device());
   const int64_t num_rois = rois_.size(0), channels = input_.size(1);
   at::Tensor output = at::zeros({num_rois, channels, pooled_height, pooled_width}, input_.options());
-  if (output.numel() == 0) {
-    return output;
+  if (output.numel() == 0 || input_.numel() == 0) {
+    return output;  // no roi, or an empty feature map: every sample lies outside it (the CPU kernel gives 0 too)
   }
   const at::Tensor input = input_.contiguous();
   const at::Tensor rois = rois_.contiguous();
