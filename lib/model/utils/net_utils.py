@@ -7,6 +7,23 @@ import torch.nn.functional as F
 from torch import nn
 
 
+class AutocastForward(nn.Module):
+    """Runs ``module`` under ``torch.autocast(device_type, dtype=dtype)`` inside its own forward.
+
+    DataParallel runs each replica in a worker thread and enters autocast there with that thread's default dtype
+    (float16 on CUDA), not the caller's: wrapped in this, a bfloat16 run stays bfloat16 on every GPU."""
+
+    def __init__(self, module, dtype, device_type='cuda'):
+        super().__init__()
+        self.module = module
+        self.dtype = dtype
+        self.device_type = device_type
+
+    def forward(self, *args, **kwargs):
+        with torch.autocast(self.device_type, dtype=self.dtype):
+            return self.module(*args, **kwargs)
+
+
 def weights_normal_init(model, dev=0.01):
     """Draw the weights of every Conv2d and Linear in ``model`` (or a list of models) from N(0, dev)."""
     if isinstance(model, (list, tuple)):

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from lib.model.utils.checkpoint import checkpoint_name, get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
 from lib.model.utils.config import cfg, cfg_to_dict
-from lib.model.utils.net_utils import adjust_learning_rate, clip_gradient
+from lib.model.utils.net_utils import AutocastForward, adjust_learning_rate, clip_gradient
 from lib.model.utils.script_utils import (build_detector, cfg_differences, dataset_settings, load_model_weights,
                                           print_cfg, save_cfg, seed_everything, select_device, setup_cfg,
                                           stored_model_cfg)
@@ -257,14 +257,21 @@ def _format_time(seconds):
 # the loop
 # ----------------------------------------------------------------------------------------------------------------
 def _autocast(device, args):
-    """The autocast context for --amp (bf16, or fp16 with --amp_dtype fp16) on CUDA; fp32 elsewhere."""
+    """The autocast context for --amp (bf16, or fp16 with --amp_dtype fp16) on CUDA, and its dtype; fp32 (and
+    None) elsewhere."""
     if not args.amp:
-        return nullcontext, False
+        return nullcontext, None
     if device.type != 'cuda':
         warnings.warn('--amp is for CUDA; on CPU training runs in float32')
-        return nullcontext, False
+        return nullcontext, None
     dtype = torch.float16 if args.amp_dtype == 'fp16' else torch.bfloat16
-    return (lambda: torch.autocast('cuda', dtype=dtype)), dtype == torch.float16
+    return (lambda: torch.autocast('cuda', dtype=dtype)), dtype
+
+
+def data_parallel(core, amp_dtype=None):
+    """--mGPUs: ``nn.DataParallel(core)``; under --amp the replicas run in ``AutocastForward``, since
+    DataParallel's worker threads would otherwise autocast to float16 whatever dtype --amp asked for."""
+    return nn.DataParallel(core if amp_dtype is None else AutocastForward(core, amp_dtype))
 
 
 class StopRequest:
@@ -389,7 +396,8 @@ def _train(args, rank, world, local_rank, is_main, say, start_time, stop):
                                              generator=loader_gen, pin_memory=device.type == 'cuda')
 
     optimizer = build_optimizer(core, args.optimizer, args.lr)
-    autocast, use_scaler = _autocast(device, args)
+    autocast, amp_dtype = _autocast(device, args)
+    use_scaler = amp_dtype == torch.float16
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
 
     resumed = _resume(args, ck, load_name, core, optimizer, scaler if use_scaler else None, imdb.classes,
@@ -404,7 +412,7 @@ def _train(args, rank, world, local_rank, is_main, say, start_time, stop):
     elif args.mGPUs:
         if device.type != 'cuda':
             raise ValueError('--mGPUs needs --cuda')
-        model = nn.DataParallel(core)
+        model = data_parallel(core, amp_dtype)
 
     if is_main:
         print_cfg()

@@ -136,10 +136,42 @@ def test_amp_on_cpu_warns_and_runs_float32():
     from types import SimpleNamespace
     from lib.model.utils.train_utils import _autocast
     with pytest.warns(UserWarning, match='float32'):
-        ctx, scaler = _autocast(torch.device('cpu'), SimpleNamespace(amp=True, amp_dtype='bf16'))
+        ctx, amp_dtype = _autocast(torch.device('cpu'), SimpleNamespace(amp=True, amp_dtype='bf16'))
     with ctx():
         assert torch.mm(torch.ones(2, 2), torch.ones(2, 2)).dtype == torch.float32
-    assert scaler is False
+    assert amp_dtype is None
+
+
+def test_autocast_forward_keeps_its_dtype_in_a_worker_thread():
+    # DataParallel's parallel_apply enters autocast in each worker thread without a dtype, so the thread's
+    # default applies (float16 on CUDA; on CPU the default is bfloat16, hence float16 is asked for here)
+    import threading
+    from lib.model.utils.net_utils import AutocastForward
+    lin = torch.nn.Linear(4, 4)
+    x = torch.randn(2, 4)
+    wrapped = AutocastForward(lin, torch.float16, device_type='cpu')
+    got = {}
+
+    def worker():
+        with torch.amp.autocast('cpu', enabled=True):
+            got['plain'] = lin(x).dtype
+        with torch.amp.autocast('cpu', enabled=True):  # a fresh region: autocast caches a weight's first cast
+            got['wrapped'] = wrapped(x).dtype
+
+    t = threading.Thread(target=worker)
+    t.start()
+    t.join()
+    assert got == {'plain': torch.bfloat16, 'wrapped': torch.float16}
+
+
+def test_data_parallel_wraps_the_model_in_autocast_only_under_amp():
+    from lib.model.utils.net_utils import AutocastForward
+    from lib.model.utils.train_utils import data_parallel
+    core = torch.nn.Linear(2, 2)
+    assert data_parallel(core).module is core
+    dp = data_parallel(core, torch.bfloat16)
+    assert isinstance(dp.module, AutocastForward) and dp.module.module is core
+    assert dp.module.dtype == torch.bfloat16 and dp.module.device_type == 'cuda'
 
 
 class _NumpyDraws(torch.utils.data.Dataset):
