@@ -159,6 +159,13 @@ def _crop_pool_layer(bottom, rois, pooling_size=7, max_pool=True, spatial_scale=
         rois = rois.view(B, -1, 5)
     R = rois.size(1)
     gs = pooling_size * 2 if max_pool else pooling_size
+    device_type = bottom.device.type
+    if torch.is_autocast_enabled(device_type):
+        # autocast would build the grid with a bf16/fp16 matmul: sample positions off by ~0.1-0.2 cells. Sample in
+        # float32, as the compiled RoI ops do under autocast, and return the input's dtype.
+        with torch.autocast(device_type, enabled=False):
+            crops = _crop_pool_layer(bottom.float(), rois.float(), pooling_size, max_pool, spatial_scale)
+        return crops.to(bottom.dtype)
     grid = _affine_grid_gen(rois.reshape(-1, 5), (H, W), gs, spatial_scale).to(bottom.dtype)
     # (B*R, gs, gs, 2) -> (B, R*gs, gs, 2): each image samples all of its rois in one grid_sample call
     grid = grid.view(B, R * gs, gs, 2)

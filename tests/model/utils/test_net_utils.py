@@ -66,6 +66,20 @@ def test_crop_uses_each_rois_own_image_and_flat_layout():
         _crop_pool_layer(feats, rois.view(-1, 5)[:5], 7, True)
 
 
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+def test_crop_under_autocast_samples_in_float32(dtype):
+    # the grid comes from a matmul, which autocast would run in bfloat16 (positions off by ~3e-3 of the map)
+    g = torch.Generator().manual_seed(0)
+    feats = torch.randn(2, 3, 40, 60, generator=g)
+    rois = torch.cat([torch.zeros(2, 6, 1), torch.rand(2, 6, 4, generator=g) * 300], dim=2)
+    rois[..., 3:] += rois[..., 1:3]
+    expected = _crop_pool_layer(feats.to(dtype).float(), rois, 7, True)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        got = _crop_pool_layer(feats.to(dtype), rois, 7, True)
+    assert got.dtype == dtype
+    torch.testing.assert_close(got.float(), expected.to(dtype).float(), rtol=0, atol=0)
+
+
 def test_affine_grid_corners():
     grid = _affine_grid_gen(torch.tensor([[0., 16., 32., 80., 96.]]), (9, 11), 5)
     # corners of the grid are the roi corners in normalised cells: x 1..5 of 0..10, y 2..6 of 0..8
