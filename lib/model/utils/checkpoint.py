@@ -126,9 +126,20 @@ def get_rng_state():
         'numpy': {'name': np_name, 'keys': torch.from_numpy(np_keys.astype(np.int64)), 'pos': int(np_pos),
                   'has_gauss': int(np_has_gauss), 'cached_gaussian': float(np_gauss)},
         'torch': torch.get_rng_state(),
-        'cuda': torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        'cuda': _cuda_rng_states(),
     }
     return state
+
+
+def _cuda_rng_states():
+    """Every GPU's generator state in one process (--mGPUs replicas draw on theirs); under torch.distributed only
+    this process's own GPU, whose state is all a rank uses (and resumed ranks are re-seeded anyway), so rank 0's
+    saves do not reach into the GPUs of the other ranks."""
+    if not torch.cuda.is_available():
+        return []
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return [torch.cuda.get_rng_state()]
+    return torch.cuda.get_rng_state_all()
 
 
 def set_rng_state(state):

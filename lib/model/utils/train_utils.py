@@ -131,8 +131,14 @@ class LossMeter:
         return int(bad.item()), elsewhere
 
     def check_finite(self):
-        """Raise NonFiniteLossError if any step since the last reset had a non-finite loss."""
+        """Raise NonFiniteLossError if any step since the last reset had a non-finite loss (in any process)."""
         self._raise_if_bad(*self._sync_bad())
+
+    def check_finite_here(self):
+        """``check_finite`` for this process alone, with no collective: for an error path, which the other
+        processes of a distributed run do not take (an all_reduce there would pair with their gradient all_reduce
+        and hang until the timeout, hiding the error)."""
+        self._raise_if_bad(int(self.first_bad.item()))
 
     def read(self):
         """Check, then return {'loss': mean total since reset, the 4 losses of the last step (what the original
@@ -486,7 +492,7 @@ def _train(args, rank, world, local_rank, is_main, say, start_time, stop):
                 raise
             except Exception:
                 # a NaN earlier in this display window can crash later layers (e.g. NaN boxes); report the NaN
-                meter.check_finite()
+                meter.check_finite_here()
                 raise
             bar.update(imgs_per_iter)
 

@@ -121,3 +121,15 @@ def test_rng_state_round_trip_through_a_file(tmp_path):
     torch.manual_seed(9)
     ckpt.set_rng_state(ckpt.load_checkpoint(str(tmp_path / 'r.pth'))['rng'])
     assert (random.random(), np.random.randn(3).tolist(), torch.randn(3).tolist()) == expected
+
+
+def test_cuda_rng_states_all_gpus_in_one_process_own_gpu_under_ddp(monkeypatch):
+    import torch.distributed as dist
+    from lib.model.utils import checkpoint
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'get_rng_state_all', lambda: ['gpu0', 'gpu1'])
+    monkeypatch.setattr(torch.cuda, 'get_rng_state', lambda device='cuda': 'own gpu')
+    monkeypatch.setattr(dist, 'is_initialized', lambda: False)
+    assert checkpoint._cuda_rng_states() == ['gpu0', 'gpu1']
+    monkeypatch.setattr(dist, 'is_initialized', lambda: True)
+    assert checkpoint._cuda_rng_states() == ['own gpu']

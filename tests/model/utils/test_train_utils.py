@@ -124,6 +124,25 @@ def test_loss_meter_names_the_first_bad_batch(bad):
     meter.check_finite()
 
 
+def test_error_path_check_uses_no_collective(monkeypatch):
+    # under DDP only the failing process takes the error path: a collective there would hang the run
+    import torch.distributed as dist
+    monkeypatch.setattr(dist, 'is_initialized', lambda: True)
+
+    def no_collective(*args, **kwargs):
+        raise AssertionError('all_reduce called on the error path')
+    monkeypatch.setattr(dist, 'all_reduce', no_collective)
+    meter = LossMeter(torch.device('cpu'))
+    lab = torch.zeros(1, 4, dtype=torch.long)
+    meter.add(1, 0, torch.ones(4), lab, torch.tensor([0]))
+    meter.check_finite_here()
+    meter.add(1, 1, torch.tensor([1.0, float('nan'), 1.0, 1.0]), lab, torch.tensor([3]))
+    with pytest.raises(NonFiniteLossError, match='epoch 1, iteration 1'):
+        meter.check_finite_here()
+    with pytest.raises(AssertionError, match='all_reduce called'):
+        meter.check_finite()  # the regular check does synchronise the processes
+
+
 def test_loss_plot_is_written(tmp_path):
     hist = [{'iter': i, 'loss': 1.0 / (i + 1), 'rpn_cls': 0.1, 'rpn_box': 0.2, 'rcnn_cls': 0.3, 'rcnn_box': 0.4}
             for i in range(5)]
