@@ -234,3 +234,19 @@ def test_cuda_autocast_mixed_dtypes():
         out = roi_align(x, rois, 3, 1 / 16, 2)
     assert out.dtype == torch.float16
     torch.testing.assert_close(out.float(), roi_align(x.float(), rois, 3, 1 / 16, 2), rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='no CUDA device')
+def test_cuda_backward_is_flagged_nondeterministic():
+    # the CUDA backward adds with atomicAdd: torch.use_deterministic_algorithms must hear of it
+    x = torch.randn(1, 2, 6, 6, device='cuda', requires_grad=True)
+    rois = torch.tensor([[0.0, 0.0, 0.0, 4.0, 4.0]], device='cuda')
+    out = roi_align(x, rois, 2, 1.0, 2)
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        with pytest.raises(RuntimeError, match='roi_align_backward_cuda does not have a deterministic implementation'):
+            out.sum().backward()
+    finally:
+        torch.use_deterministic_algorithms(before)

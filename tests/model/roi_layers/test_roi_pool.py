@@ -182,3 +182,19 @@ def test_cuda_matches_cpu(dtype):
     ref.backward(g.to(dtype).float())
     tol = {} if dtype == torch.float32 else {'rtol': 1e-2, 'atol': 1e-2}
     torch.testing.assert_close(xc.grad.float().cpu(), xf.grad, **tol)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='no CUDA device')
+def test_cuda_backward_is_flagged_nondeterministic():
+    # the CUDA backward adds with atomicAdd: torch.use_deterministic_algorithms must hear of it
+    x = torch.randn(1, 2, 6, 6, device='cuda', requires_grad=True)
+    rois = torch.tensor([[0.0, 0.0, 0.0, 4.0, 4.0]], device='cuda')
+    out = roi_pool(x, rois, 2, 1.0)
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        with pytest.raises(RuntimeError, match='roi_pool_backward_cuda does not have a deterministic implementation'):
+            out.sum().backward()
+    finally:
+        torch.use_deterministic_algorithms(before)

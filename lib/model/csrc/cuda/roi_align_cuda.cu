@@ -2,6 +2,7 @@
 // cpu/roi_align_cpu.cpp. One thread per output cell; half/bfloat16 are computed in float and the backward
 // scatters into a float (double for double) buffer with atomics, cast to the input's dtype at the end.
 // A roi whose batch index is out of range yields zeros (checking it on the host would need a sync).
+#include <ATen/Context.h>
 #include <torch/library.h>
 
 #include <limits>
@@ -194,6 +195,8 @@ at::Tensor roi_align_backward_cuda(const at::Tensor& grad_, const at::Tensor& ro
                             height, width, op);
   check_sampling_ratio(sampling_ratio, op);
   check_cuda_tensor(grad_, "grad", op);
+  // gradients are summed with atomicAdd: warn (or fail) under torch.use_deterministic_algorithms
+  at::globalContext().alertNotDeterministic("roi_align_backward_cuda");
   const c10::cuda::CUDAGuard guard(grad_.device());
   const at::ScalarType acc_type = grad_.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   at::Tensor grad_acc = at::zeros({batch_size, channels, height, width}, grad_.options().dtype(acc_type));

@@ -2,6 +2,7 @@
 // (corners scaled in double and rounded half away from zero, so CPU and GPU pick the same cells).
 // One thread per output cell; half/bfloat16 are compared in float and the backward accumulates in float.
 // A roi whose batch index is out of range yields zeros (checking it on the host would need a sync).
+#include <ATen/Context.h>
 #include <torch/library.h>
 
 #include <limits>
@@ -130,6 +131,8 @@ at::Tensor roi_pool_backward_cuda(const at::Tensor& grad_, const at::Tensor& roi
   check_roi_backward_inputs(grad_, rois_, pooled_height, pooled_width, spatial_scale, batch_size, channels,
                             height, width, op);
   check_cuda_tensor(grad_, "grad", op);
+  // gradients are summed with atomicAdd: warn (or fail) under torch.use_deterministic_algorithms
+  at::globalContext().alertNotDeterministic("roi_pool_backward_cuda");
   TORCH_CHECK(argmax_.scalar_type() == at::kInt && argmax_.sizes() == grad_.sizes(), op,
               ": expected an int32 argmax of shape ", grad_.sizes(), ", got ", argmax_.scalar_type(), " ",
               argmax_.sizes());
