@@ -31,6 +31,17 @@ def test_bench_cpu_smoke(bench, tmp_path, capsys):
     assert len(saved['results']) == len(results)
 
 
+def test_results_are_saved_after_every_row(bench, tmp_path):
+    path = tmp_path / 'sub' / 'bench.json'
+    results = bench.Results(str(path), {'device': 'cpu'})
+    results.append({'section': 'train', 'bs': 1})
+    assert json.loads(path.read_text()) == {'device': 'cpu', 'results': [{'section': 'train', 'bs': 1}]}
+    results.extend([{'section': 'ops', 'op': 'nms'}])
+    assert [r['section'] for r in json.loads(path.read_text())['results']] == ['train', 'ops']
+    assert list(tmp_path.joinpath('sub').iterdir()) == [path]  # no temporary file left
+    bench.Results(None, {}).append({'section': 'test'})  # without --json nothing is written
+
+
 def test_both_models_train_the_same_layers(bench):
     from lib.model.utils.config import cfg_from_file
     cfg_from_file(bench.osp.join(bench.ROOT, 'cfgs', 'res101.yml'))

@@ -220,26 +220,30 @@ def bench_test(args, device, num_classes, results):
     for amp in args.amp:
         ours_in, tv_in = make_inputs(1, args.height, args.width, 4, num_classes, device)
         row = {'section': 'test', 'bs': 1, 'amp': amp}
-        torch.manual_seed(0)
-        ours = build_ours(num_classes, args.net).to(device).eval()
-        tv = build_torchvision_c4(num_classes, args.height, args.width, int(args.net[3:])).to(device).eval()
+        for kind in ('ours', 'torchvision'):  # one model alive at a time, so each peak holds its own weights only
+            torch.manual_seed(0)
+            if kind == 'ours':
+                model = build_ours(num_classes, args.net).to(device).eval()
 
-        @torch.no_grad()
-        def run_ours():
-            with autocast_ctx(device, amp):
-                scores, boxes = im_detect(ours, ours_in[0], ours_in[1])
-            return postprocess_detections(scores[0], boxes[0], thresh=0.0, nms_thresh=cfg.TEST.NMS,
-                                          max_per_image=100)
+                @torch.no_grad()
+                def fn(model=model):
+                    with autocast_ctx(device, amp):
+                        scores, boxes = im_detect(model, ours_in[0], ours_in[1])
+                    return postprocess_detections(scores[0], boxes[0], thresh=0.0, nms_thresh=cfg.TEST.NMS,
+                                                  max_per_image=100)
+            else:
+                model = build_torchvision_c4(num_classes, args.height, args.width, int(args.net[3:]))
+                model = model.to(device).eval()
 
-        @torch.no_grad()
-        def run_tv():
-            with autocast_ctx(device, amp):
-                return tv(tv_in[0])
-        for kind, fn, model in (('ours', run_ours, ours), ('torchvision', run_tv, tv)):
+                @torch.no_grad()
+                def fn(model=model):
+                    with autocast_ctx(device, amp):
+                        return model(tv_in[0])
             proposals = count_proposals(model, fn)
             reset_peak(device)
             ms = time_ms(fn, device, args.warmup, args.iters)
             row[kind] = {'ms': ms, 'img_s': 1000.0 / ms, 'peak_mb_per_img': peak_mb(device), 'proposals': proposals}
+            del model, fn
         row['speedup'] = row['torchvision']['ms'] / row['ours']['ms']
         results.append(row)
         print_row(row)
@@ -333,6 +337,32 @@ def parse_args(argv=None):
     return args
 
 
+class Results(list):
+    """The rows measured so far. With a json path it is rewritten after every row, so a run stopped by a time
+    limit keeps what it measured."""
+
+    def __init__(self, path, header):
+        super().__init__()
+        self.path, self.header = path, header
+
+    def append(self, row):
+        super().append(row)
+        self._save()
+
+    def extend(self, rows):
+        super().extend(rows)
+        self._save()
+
+    def _save(self):
+        if not self.path:
+            return
+        os.makedirs(osp.dirname(osp.abspath(self.path)), exist_ok=True)
+        tmp = self.path + '.tmp'
+        with open(tmp, 'w') as f:
+            json.dump({**self.header, 'results': list(self)}, f, indent=1)
+        os.replace(tmp, self.path)
+
+
 def main(argv=None):
     args = parse_args(argv)
     device = torch.device(args.device)
@@ -344,7 +374,7 @@ def main(argv=None):
     sections = set(args.sections.split(','))
     print(f'device: {device_name(device)} | torch {torch.__version__} | {args.net} '
           f'{args.height}x{args.width} | warmup {args.warmup}, median of {args.iters}', flush=True)
-    results = []
+    results = Results(args.json, {'device': device_name(device), 'torch': torch.__version__, 'args': vars(args)})
     for name, run in (('train', lambda: bench_train(args, device, args.num_classes, results)),
                       ('test', lambda: bench_test(args, device, args.num_classes, results)),
                       ('ops', lambda: bench_ops_section(args, device, results)),
@@ -352,12 +382,7 @@ def main(argv=None):
         if name not in sections:
             continue
         run()
-        if args.json:  # after each section, so a run stopped by a time limit keeps what it measured
-            os.makedirs(osp.dirname(osp.abspath(args.json)), exist_ok=True)
-            with open(args.json, 'w') as f:
-                json.dump({'device': device_name(device), 'torch': torch.__version__, 'args': vars(args),
-                           'results': results}, f, indent=1)
-    return results
+    return list(results)
 
 
 if __name__ == '__main__':
