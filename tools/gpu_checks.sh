@@ -20,7 +20,8 @@
 #     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
 #     -d .whl easydict==1.14 pycocotools==2.0.11
 # Environment: BUDGET; TORCH_CUDA_ARCH_LIST (default 9.0, the H100/H200); for probe and train TRAIN_ARGS and NET,
-# and TRAIN_SECONDS (default: what the budget leaves after two test runs).
+# TRAIN_SECONDS (default: what the budget leaves after two test runs) and PROBE_MIN_LEFT (default 360: with
+# less time left the probe is skipped and train runs TRAIN_ARGS until its limit, then tests that checkpoint).
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 START=$(date +%s)
@@ -38,6 +39,7 @@ export PYTHONUNBUFFERED=1
 status=0
 TEST_RESERVE=100  # seconds kept for the two test_net runs after training
 KILL_AFTER=45     # seconds between a stage's SIGTERM and SIGKILL (the trainer finishes its iteration and saves)
+PROBE_MIN_LEFT=${PROBE_MIN_LEFT:-360}  # below this the probe is skipped: 80 iterations and a save cost 1-2 minutes
 
 left() { echo $(( START + BUDGET - $(date +%s) )); }
 
@@ -95,6 +97,10 @@ NET=${NET:-res50}
 TRAIN_ARGS_GIVEN=${TRAIN_ARGS:+yes}
 TRAIN_ARGS=${TRAIN_ARGS:-"--amp --bs 8 --nw 8 --lr 0.02 --epochs 12 --lr_decay_step 9"}
 
+# what the build needs, in the summary: setup.py quietly builds CPU kernels only when it finds no nvcc
+{ echo "nvcc: $(command -v nvcc || echo 'not on PATH'); CUDA_HOME=${CUDA_HOME:-unset}"
+  "$PY" -c "import os, sysconfig; print('Python.h:', os.path.exists(os.path.join(sysconfig.get_paths()['include'], 'Python.h')))"
+} 2>&1 | tee -a "$LOGS/summary.txt"
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
 export MAX_JOBS=${MAX_JOBS:-$(nproc)}
 built_with_cuda() {
@@ -127,6 +133,11 @@ for s in $STAGES; do
     probe)
       # the main job's training speed, so that the train stage's schedule, lr decay included, fits its time
       # (the limit would cut a longer one, perhaps before its decay; a shorter one leaves time unused)
+      if [ "$(left)" -lt "$PROBE_MIN_LEFT" ]; then  # the probe would eat most of what training needs
+        echo "== probe: skipped, $(left) s left (< $PROBE_MIN_LEFT s); train runs TRAIN_ARGS until its limit" \
+          | tee -a "$LOGS/summary.txt"
+        continue
+      fi
       stage data 120 "$PY" tools/make_shapes_voc.py || continue
       stage probe 150 "$PY" trainval_net.py --dataset shapes --net "$NET" --weights none --cfg cfgs/shapes_gpu.yml \
         --cuda --s 9 --save_dir "$LOGS/probe_models" $TRAIN_ARGS --disp_interval 20 --epochs 1 --max_iters 80 \
