@@ -13,7 +13,7 @@ def test_bench_cpu_smoke(bench, tmp_path, capsys):
     out = tmp_path / 'bench.json'
     results = bench.main(['--device', 'cpu', '--quick', '--net', 'res18', '--height', '64', '--width', '96',
                           '--bs', '1', '--iters', '1', '--warmup', '0', '--nw', '0', '--loader_batches', '3',
-                          '--json', str(out)])
+                          '--json', str(out), '--profile'])
     printed = capsys.readouterr().out
     assert printed.startswith('device: ')
     sections = [r['section'] for r in results]
@@ -24,11 +24,28 @@ def test_bench_cpu_smoke(bench, tmp_path, capsys):
             assert r['ours']['ms'] > 0 and r['torchvision']['ms'] > 0
             assert r['speedup'] == pytest.approx(r['torchvision']['ms'] / r['ours']['ms'])
             assert f"speedup x{r['speedup']:.2f}" in printed
+            for kind in ('ours', 'torchvision'):  # --profile: both models, in each row of this one-size run
+                assert r[kind]['profile']['ops'] and f"profile {r['section']} bs 1 fp32 {kind}:" in printed
         elif r['section'] == 'loader':
             assert r['img_s'] > 0 and 'loader  bs 1 nw 0' in printed
     saved = json.loads(out.read_text())
     assert saved['device'] == bench.device_name(bench.torch.device('cpu'))
     assert len(saved['results']) == len(results)
+
+
+def test_profile_counts_host_syncs_and_ranks_ops(bench):
+    a = bench.torch.randn(64, 64)
+
+    def step():
+        (a @ a).sum().item()  # one matmul and one host read per step
+        return a.mean().item()  # and a second host read (on the CPU only .item() is visible as one)
+    prof = bench.profile_step(step, bench.torch.device('cpu'), iters=3)
+    assert prof['syncs'] == {'aten::_local_scalar_dense': 2}
+    names = [op['name'] for op in prof['ops']]
+    assert 'aten::mm' in names
+    assert next(op['calls'] for op in prof['ops'] if op['name'] == 'aten::mm') == 1
+    times = [op['self_ms'] for op in prof['ops']]
+    assert times == sorted(times, reverse=True) and times[0] > 0
 
 
 def test_results_are_saved_after_every_row(bench, tmp_path):

@@ -50,6 +50,48 @@ def time_ms(fn, device, warmup, iters):
     return statistics.median(times)
 
 
+# events that make the host wait for the device: .item() (aten::_local_scalar_dense, the only one a CPU run sees),
+# and on CUDA the stream synchronisations of every device-to-host copy (.cpu(), .tolist(), nonzero())
+SYNC_EVENTS = ('aten::_local_scalar_dense', 'cudaStreamSynchronize', 'cudaDeviceSynchronize', 'cudaEventSynchronize')
+
+
+def _sync(device):
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def profile_step(fn, device, iters=3, top=12):
+    """torch.profiler over ``iters`` calls of fn (after one more warm-up call): the ``top`` ops by self time on
+    the device (CPU time on the CPU), per call of fn, and the host synchronisations per call. Returns
+    {'ops': [{'name', 'self_ms', 'calls'}], 'syncs': {event: count per call}}."""
+    from torch.profiler import ProfilerActivity, profile
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == 'cuda' else [])
+    fn()
+    _sync(device)
+    with profile(activities=activities) as prof:
+        for _ in range(iters):
+            fn()
+        _sync(device)
+    events = prof.key_averages()
+
+    def self_time(e):
+        if device.type == 'cuda':
+            return getattr(e, 'self_device_time_total', None) or getattr(e, 'self_cuda_time_total', 0.0)
+        return e.self_cpu_time_total
+    ranked = sorted((e for e in events if self_time(e) > 0), key=self_time, reverse=True)[:top]
+    syncs = {e.key: e.count / iters for e in events if e.key in SYNC_EVENTS and e.count}
+    return {'ops': [{'name': e.key, 'self_ms': self_time(e) / 1000.0 / iters, 'calls': e.count / iters}
+                    for e in ranked],
+            'syncs': syncs}
+
+
+def print_profile(title, prof):
+    syncs = ', '.join(f'{k} {v:g}' for k, v in sorted(prof['syncs'].items())) or 'none'
+    print(f'profile {title}: host syncs per step: {syncs}')
+    for op in prof['ops']:
+        print(f"    {op['self_ms']:9.3f} ms  {op['calls']:7.1f} calls  {op['name'][:90]}")
+
+
 def reset_peak(device):
     if device.type == 'cuda':
         torch.cuda.synchronize(device)
@@ -209,10 +251,15 @@ def bench_train(args, device, num_classes, results):
                 ms = time_ms(step, device, args.warmup, args.iters)
                 row[kind] = {'ms': ms, 'img_s': bs * 1000.0 / ms, 'peak_mb_per_img': peak_mb(device) / bs,
                              'proposals': proposals}
+                if args.profile and bs == max(args.bs) and amp == args.amp[-1]:
+                    row[kind]['profile'] = profile_step(step, device)
                 del model, step
             row['speedup'] = row['torchvision']['ms'] / row['ours']['ms']
             results.append(row)
             print_row(row)
+            for kind in ('ours', 'torchvision'):
+                if 'profile' in row[kind]:
+                    print_profile(f'train bs {bs} {amp} {kind}', row[kind]['profile'])
 
 
 def bench_test(args, device, num_classes, results):
@@ -243,10 +290,15 @@ def bench_test(args, device, num_classes, results):
             reset_peak(device)
             ms = time_ms(fn, device, args.warmup, args.iters)
             row[kind] = {'ms': ms, 'img_s': 1000.0 / ms, 'peak_mb_per_img': peak_mb(device), 'proposals': proposals}
+            if args.profile and amp == args.amp[-1]:
+                row[kind]['profile'] = profile_step(fn, device)
             del model, fn
         row['speedup'] = row['torchvision']['ms'] / row['ours']['ms']
         results.append(row)
         print_row(row)
+        for kind in ('ours', 'torchvision'):
+            if 'profile' in row[kind]:
+                print_profile(f'test bs 1 {amp} {kind}', row[kind]['profile'])
 
 
 def bench_loader(args, results):
@@ -324,6 +376,10 @@ def parse_args(argv=None):
     p.add_argument('--num_classes', type=int, default=21)
     p.add_argument('--quick', action='store_true', help='small sizes and few iterations (CPU, CI smoke test)')
     p.add_argument('--json', default=None, help='also write the results here')
+    p.add_argument('--profile', action='store_true',
+                   help='also profile both models (torch.profiler) in the train row of the largest batch and the '
+                        'last --amp, and in the test row of the last --amp: top ops by self time on the device, '
+                        'host synchronisations per step')
     args = p.parse_args(argv)
     quick = args.quick or args.device == 'cpu'
     args.bs = args.bs or ([1, 2] if quick else [1, 4])

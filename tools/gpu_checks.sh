@@ -128,7 +128,9 @@ for s in $STAGES; do
       ;;
     bench)
       # the ops were timed by bench_ops above
-      stage bench 300 "$PY" tools/bench.py --device cuda --sections train,test,loader --json "$LOGS/bench.json"
+      # --profile: where each model's time goes and its host syncs, so a missed target comes with its reason
+      stage bench 300 "$PY" tools/bench.py --device cuda --sections train,test,loader --profile \
+        --json "$LOGS/bench.json"
       ;;
     probe)
       # the main job's training speed, so that the train stage's schedule, lr decay included, fits its time

@@ -129,7 +129,6 @@ def test_empty_rois(device):
     assert x.grad.shape == x.shape and (x.grad == 0).all()
 
 
-
 @pytest.mark.parametrize('shape', [(1, 3, 0, 5), (1, 3, 5, 0)])
 def test_empty_feature_map_gives_zeros(device, shape):
     # rois starting at or before 0 would sample at -1..0, the edge an empty map has no pixel for
@@ -139,6 +138,7 @@ def test_empty_feature_map_gives_zeros(device, shape):
     assert out.shape == (2, 3, 2, 2) and (out == 0).all()
     out.sum().backward()
     assert x.grad.shape == x.shape
+
 
 def test_non_contiguous_inputs(device):
     x = torch.randn(2, 3, 10, 12, generator=torch.Generator().manual_seed(8))

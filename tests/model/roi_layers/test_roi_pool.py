@@ -114,7 +114,6 @@ def test_empty_rois(device):
     assert x.grad.shape == x.shape and (x.grad == 0).all()
 
 
-
 @pytest.mark.parametrize('shape', [(1, 3, 0, 5), (1, 3, 5, 0)])
 def test_empty_feature_map_gives_zeros(device, shape):
     # rois starting at or before 0 would sample at -1..0, the edge an empty map has no pixel for
@@ -124,6 +123,7 @@ def test_empty_feature_map_gives_zeros(device, shape):
     assert out.shape == (2, 3, 2, 2) and (out == 0).all()
     out.sum().backward()
     assert x.grad.shape == x.shape
+
 
 def test_non_contiguous_inputs(device):
     x = distinct_input((2, 3, 10, 12), 2)
