@@ -257,9 +257,6 @@ def bench_train(args, device, num_classes, results):
             row['speedup'] = row['torchvision']['ms'] / row['ours']['ms']
             results.append(row)
             print_row(row)
-            for kind in ('ours', 'torchvision'):
-                if 'profile' in row[kind]:
-                    print_profile(f'train bs {bs} {amp} {kind}', row[kind]['profile'])
 
 
 def bench_test(args, device, num_classes, results):
@@ -296,9 +293,6 @@ def bench_test(args, device, num_classes, results):
         row['speedup'] = row['torchvision']['ms'] / row['ours']['ms']
         results.append(row)
         print_row(row)
-        for kind in ('ours', 'torchvision'):
-            if 'profile' in row[kind]:
-                print_profile(f'test bs 1 {amp} {kind}', row[kind]['profile'])
 
 
 def bench_loader(args, results):
@@ -357,6 +351,9 @@ def print_row(row):
               f"and {tv_rois} (torchvision) rois per image: at this input size the RPNs keep only "
               f"{o['proposals']} / {t['proposals']} proposals, so the times compare unequal work "
               "(at 600 x 1000 both keep 300 at test and 2000 in training)", flush=True)
+    for kind in ('ours', 'torchvision'):
+        if 'profile' in row[kind]:
+            print_profile(f"{row['section']} bs {row['bs']} {row['amp']} {kind}", row[kind]['profile'])
 
 
 def parse_args(argv=None):
