@@ -55,11 +55,6 @@ def time_ms(fn, device, warmup, iters):
 SYNC_EVENTS = ('aten::_local_scalar_dense', 'cudaStreamSynchronize', 'cudaDeviceSynchronize', 'cudaEventSynchronize')
 
 
-def _sync(device):
-    if device.type == 'cuda':
-        torch.cuda.synchronize(device)
-
-
 def profile_step(fn, device, iters=3, top=12):
     """torch.profiler over ``iters`` calls of fn (after one more warm-up call): the ``top`` ops by self time on
     the device (CPU time on the CPU), per call of fn, and the host synchronisations per call. Returns
@@ -67,11 +62,11 @@ def profile_step(fn, device, iters=3, top=12):
     from torch.profiler import ProfilerActivity, profile
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == 'cuda' else [])
     fn()
-    _sync(device)
+    bench_ops.sync(device)
     with profile(activities=activities) as prof:
         for _ in range(iters):
             fn()
-        _sync(device)
+        bench_ops.sync(device)
     events = prof.key_averages()
 
     def self_time(e):
@@ -93,8 +88,8 @@ def print_profile(title, prof):
 
 
 def reset_peak(device):
+    bench_ops.sync(device)
     if device.type == 'cuda':
-        torch.cuda.synchronize(device)
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
 

@@ -67,20 +67,24 @@ def random_rois(n, seed):
     return torch.cat([torch.zeros(n, 1), xy, x2y2], 1)
 
 
+def sync(device):
+    """Wait until the device has finished the work queued so far (a no-op on the CPU)."""
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
 def paired_median_ms(fn_ours, fn_theirs, device, warmup, iters):
     """Median wall time of each function in ms; the two alternate so load from other processes hits both."""
     def once(fn):
         start = time.perf_counter()
         fn()
-        if device.type == 'cuda':
-            torch.cuda.synchronize(device)
+        sync(device)
         return (time.perf_counter() - start) * 1e3
 
     for _ in range(warmup):
         fn_ours()
         fn_theirs()
-    if device.type == 'cuda':
-        torch.cuda.synchronize(device)
+    sync(device)
     ours, theirs = [], []
     for _ in range(iters):
         ours.append(once(fn_ours))
