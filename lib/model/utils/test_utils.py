@@ -95,7 +95,10 @@ def im_detect(model, im_data, im_info, bbox_reg=True):
     """Run the detector and decode its boxes into the coordinates of the original images.
 
     Args:
-        model: a _fasterRCNN in eval mode (the box normalisation is read from cfg.TRAIN, as in training).
+        model: a _fasterRCNN in eval mode (or DataParallel of one). The deltas are un-normalised with the means and
+            stds its proposal target layer normalised the training targets with (buffers made from cfg.TRAIN
+            when it was built, already on its device: no host-to-GPU copy, which would wait for the GPU); a
+            model without that layer gets cfg.TRAIN's.
         im_data: [B, 3, H, W] normalised images; im_info: [B, 3] (H, W, im_scale).
         bbox_reg: apply the predicted deltas (cfg.TEST.BBOX_REG); else every class gets its roi.
     Returns:
@@ -110,8 +113,12 @@ def im_detect(model, im_data, im_info, bbox_reg=True):
     if bbox_reg:
         deltas = deltas.float()
         if cfg.TRAIN.BBOX_NORMALIZE_TARGETS_PRECOMPUTED:
-            stds = deltas.new_tensor(cfg.TRAIN.BBOX_NORMALIZE_STDS)
-            means = deltas.new_tensor(cfg.TRAIN.BBOX_NORMALIZE_MEANS)
+            target_layer = getattr(getattr(model, 'module', model), 'RCNN_proposal_target', None)
+            if target_layer is not None:
+                stds, means = target_layer.BBOX_NORMALIZE_STDS, target_layer.BBOX_NORMALIZE_MEANS
+            else:
+                stds = deltas.new_tensor(cfg.TRAIN.BBOX_NORMALIZE_STDS)
+                means = deltas.new_tensor(cfg.TRAIN.BBOX_NORMALIZE_MEANS)
             # (B, R, 4k) -> (B, R, k, 4): undo the target normalisation of every class's deltas
             deltas = (deltas.view(B, R, -1, 4) * stds + means).view(B, R, -1)
         pred = bbox_transform_inv(boxes, deltas, B)
