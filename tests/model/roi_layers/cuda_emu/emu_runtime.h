@@ -249,16 +249,14 @@ inline void run_block(Block& b, std::mt19937_64& rng) {
     f.context.uc_link = &b.scheduler;
     makecontext(&f.context, &fiber_main, 0);
   }
+  const int64_t schedule = config().schedule;
   std::vector<int> order(n);
   for (int i = 0; i < n; ++i) {
-    order[i] = i;
+    order[i] = schedule == kReverse ? n - 1 - i : i;
   }
   while (true) {
-    const int64_t schedule = config().schedule;
-    if (schedule == kReverse) {
-      std::reverse(order.begin(), order.end());
-    } else if (schedule == kShuffled) {
-      std::shuffle(order.begin(), order.end(), rng);
+    if (schedule == kShuffled) {
+      std::shuffle(order.begin(), order.end(), rng);  // a new order for every stretch between barriers
     }
     for (const int i : order) {
       Fiber& f = b.fibers[i];
