@@ -129,6 +129,18 @@ def test_nms_padded_stops_at_max_out_and_pads(emu, max_out):
     assert (keep[kept:] == -1).all()
 
 
+@pytest.mark.parametrize('n,max_out', [(6000, 300), (12000, 2000)], ids=['test', 'train'])
+def test_nms_at_the_rpn_sizes(emu, n, max_out):
+    # the proposal layer's pre-NMS boxes and post-NMS count (cfg TEST / TRAIN), spread over a 600 x 900 image
+    boxes, scores = random_boxes(n, 1)
+    boxes = boxes * 3
+    expected = nms(boxes, scores, 0.7)
+    assert len(expected) > max_out
+    torch.testing.assert_close(emu.nms(boxes, scores, 0.7), expected, rtol=0, atol=0)
+    keep, num_kept = emu.nms_padded(boxes, scores, 0.7, max_out)
+    assert num_kept.item() == max_out and keep.tolist() == expected[:max_out].tolist()
+
+
 def test_nms_empty_input_launches_nothing(emu):
     keep = emu.nms(torch.zeros(0, 4), torch.zeros(0), 0.5)
     assert keep.shape == (0,) and keep.dtype == torch.long and emu.emu_launches() == 0
