@@ -34,15 +34,26 @@ LAUNCHES = [pytest.param((GRID_CAP, False), id='grid'), pytest.param((2, False),
             pytest.param((GRID_CAP, True), id='int64')]
 
 
+class Emulated:
+    """The emulated ops (emu.nms, emu.roi_align_forward, ...) and emu.configure for the emulator's settings."""
+
+    def __init__(self, ops):
+        self._ops = ops
+
+    def __getattr__(self, name):
+        return getattr(self._ops, name)
+
+    def configure(self, grid_cap=GRID_CAP, max_shared_words=SHARED_WORDS, force_int64=False, schedule=(0, 0)):
+        self._ops.emu_configure(grid_cap, max_shared_words, force_int64, schedule[0], schedule[1])
+
+
 @pytest.fixture
 def emu(cuda_emu):
-    """The emulated ops, configured by emu.configure(...) for one test and reset afterwards."""
-    def configure(grid_cap=GRID_CAP, max_shared_words=SHARED_WORDS, force_int64=False, schedule=(0, 0)):
-        cuda_emu.emu_configure(grid_cap, max_shared_words, force_int64, schedule[0], schedule[1])
-    cuda_emu.configure = configure
-    configure()
-    yield cuda_emu
-    configure()
+    """The emulated ops with the real launch settings, reset after the test."""
+    emulated = Emulated(cuda_emu)
+    emulated.configure()
+    yield emulated
+    emulated.configure()
 
 
 # --- the emulator itself ---
