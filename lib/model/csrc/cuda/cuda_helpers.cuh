@@ -37,6 +37,43 @@ inline void launch_with_index_type(int64_t total, const Launch& launch) {
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+// The grid-stride loop of every per-element kernel: for (index_t i = grid_start<index_t>(); i < total;
+// i += grid_stride<index_t>()). The products are taken in index_t, as the launch chose it.
+template <typename index_t>
+__device__ inline index_t grid_start() {
+  return blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x;
+}
+template <typename index_t>
+__device__ inline index_t grid_stride() {
+  return static_cast<index_t>(blockDim.x) * gridDim.x;
+}
+
+// Where element `index` of a pooled [K, C, PH, PW] tensor lies: roi n, channel c, bin (ph, pw). The divisions
+// are done in index_t (32-bit where the launch allows it, several times cheaper than 64-bit on the GPU).
+struct PooledCell {
+  int64_t n, c, ph, pw;
+};
+
+template <typename index_t>
+__device__ inline PooledCell pooled_cell(index_t index, int64_t channels, int64_t pooled_height,
+                                         int64_t pooled_width) {
+  PooledCell cell;
+  cell.pw = index % static_cast<index_t>(pooled_width);
+  cell.ph = (index / static_cast<index_t>(pooled_width)) % static_cast<index_t>(pooled_height);
+  const index_t plane_index = index / static_cast<index_t>(pooled_width * pooled_height);
+  cell.c = plane_index % static_cast<index_t>(channels);
+  cell.n = plane_index / static_cast<index_t>(channels);
+  return cell;
+}
+
+// The zeroed buffer a backward kernel adds its gradients into with atomics: float for half/bfloat16/float,
+// double for double; the op returns it cast to the gradient's dtype.
+inline at::Tensor grad_accumulator(const at::Tensor& grad, int64_t batch_size, int64_t channels, int64_t height,
+                                   int64_t width) {
+  const at::ScalarType acc_type = grad.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  return at::zeros({batch_size, channels, height, width}, grad.options().dtype(acc_type));
+}
+
 __device__ inline float dev_floor(float x) { return floorf(x); }
 __device__ inline double dev_floor(double x) { return ::floor(x); }
 __device__ inline float dev_ceil(float x) { return ceilf(x); }

@@ -80,38 +80,43 @@ __device__ inline RoiBin<scalar_t, acc_t> roi_bin(const scalar_t* roi, double sp
   return r;
 }
 
+// Calls f(neighbours, w1, w2, w3, w4) for every sample point of bin (ph, pw) of roi r that lies on the map, with
+// the bilinear weights of its four neighbours (the forward reads them, the backward scatters into them).
+template <typename scalar_t, typename acc_t, typename F>
+__device__ inline void for_each_sample(const RoiBin<scalar_t, acc_t>& r, int64_t ph, int64_t pw, int64_t height,
+                                       int64_t width, const F& f) {
+  for (int64_t iy = 0; iy < r.grid_h; ++iy) {
+    const acc_t y = r.start_h + ph * r.bin_h + (iy + acc_t(.5)) * r.bin_h / static_cast<acc_t>(r.grid_h);
+    for (int64_t ix = 0; ix < r.grid_w; ++ix) {
+      const acc_t x = r.start_w + pw * r.bin_w + (ix + acc_t(.5)) * r.bin_w / static_cast<acc_t>(r.grid_w);
+      Bilinear p;
+      acc_t w1, w2, w3, w4;
+      if (bilinear_weights(height, width, y, x, p, w1, w2, w3, w4)) {
+        f(p, w1, w2, w3, w4);
+      }
+    }
+  }
+}
+
 template <typename scalar_t, typename acc_t, typename index_t>
 __global__ void roi_align_forward_kernel(index_t total, const scalar_t* __restrict__ input,
                                          const scalar_t* __restrict__ rois, double spatial_scale,
                                          int64_t batch_size, int64_t channels, int64_t height, int64_t width,
                                          int64_t pooled_height, int64_t pooled_width, int64_t sampling_ratio,
                                          scalar_t* __restrict__ output) {
-  for (index_t index = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; index < total;
-       index += static_cast<index_t>(blockDim.x) * gridDim.x) {
-    const int64_t pw = index % static_cast<index_t>(pooled_width);
-    const int64_t ph = (index / static_cast<index_t>(pooled_width)) % static_cast<index_t>(pooled_height);
-    const index_t plane_index = index / static_cast<index_t>(pooled_width * pooled_height);
-    const int64_t c = plane_index % static_cast<index_t>(channels);
-    const int64_t n = plane_index / static_cast<index_t>(channels);
+  for (index_t index = grid_start<index_t>(); index < total; index += grid_stride<index_t>()) {
+    const auto [n, c, ph, pw] = pooled_cell(index, channels, pooled_height, pooled_width);
     const auto r = roi_bin<scalar_t, acc_t>(rois + n * 5, spatial_scale, batch_size, pooled_height, pooled_width,
                                             sampling_ratio);
     acc_t acc = 0;
     if (r.batch >= 0) {
       const scalar_t* plane = input + (r.batch * channels + c) * height * width;
-      for (int64_t iy = 0; iy < r.grid_h; ++iy) {
-        const acc_t y = r.start_h + ph * r.bin_h + (iy + acc_t(.5)) * r.bin_h / static_cast<acc_t>(r.grid_h);
-        for (int64_t ix = 0; ix < r.grid_w; ++ix) {
-          const acc_t x = r.start_w + pw * r.bin_w + (ix + acc_t(.5)) * r.bin_w / static_cast<acc_t>(r.grid_w);
-          Bilinear p;
-          acc_t w1, w2, w3, w4;
-          if (bilinear_weights(height, width, y, x, p, w1, w2, w3, w4)) {
-            acc += w1 * static_cast<acc_t>(plane[p.y_low * width + p.x_low]) +
-                   w2 * static_cast<acc_t>(plane[p.y_low * width + p.x_high]) +
-                   w3 * static_cast<acc_t>(plane[p.y_high * width + p.x_low]) +
-                   w4 * static_cast<acc_t>(plane[p.y_high * width + p.x_high]);
-          }
-        }
-      }
+      for_each_sample(r, ph, pw, height, width, [&](const Bilinear& p, acc_t w1, acc_t w2, acc_t w3, acc_t w4) {
+        acc += w1 * static_cast<acc_t>(plane[p.y_low * width + p.x_low]) +
+               w2 * static_cast<acc_t>(plane[p.y_low * width + p.x_high]) +
+               w3 * static_cast<acc_t>(plane[p.y_high * width + p.x_low]) +
+               w4 * static_cast<acc_t>(plane[p.y_high * width + p.x_high]);
+      });
     }
     output[index] = static_cast<scalar_t>(acc / r.count);
   }
@@ -123,13 +128,8 @@ __global__ void roi_align_backward_kernel(index_t total, const scalar_t* __restr
                                           int64_t batch_size, int64_t channels, int64_t height, int64_t width,
                                           int64_t pooled_height, int64_t pooled_width, int64_t sampling_ratio,
                                           acc_t* __restrict__ grad_input) {
-  for (index_t index = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; index < total;
-       index += static_cast<index_t>(blockDim.x) * gridDim.x) {
-    const int64_t pw = index % static_cast<index_t>(pooled_width);
-    const int64_t ph = (index / static_cast<index_t>(pooled_width)) % static_cast<index_t>(pooled_height);
-    const index_t plane_index = index / static_cast<index_t>(pooled_width * pooled_height);
-    const int64_t c = plane_index % static_cast<index_t>(channels);
-    const int64_t n = plane_index / static_cast<index_t>(channels);
+  for (index_t index = grid_start<index_t>(); index < total; index += grid_stride<index_t>()) {
+    const auto [n, c, ph, pw] = pooled_cell(index, channels, pooled_height, pooled_width);
     const auto r = roi_bin<scalar_t, acc_t>(rois + n * 5, spatial_scale, batch_size, pooled_height, pooled_width,
                                             sampling_ratio);
     if (r.batch < 0) {
@@ -137,20 +137,12 @@ __global__ void roi_align_backward_kernel(index_t total, const scalar_t* __restr
     }
     acc_t* plane = grad_input + (r.batch * channels + c) * height * width;
     const acc_t g = static_cast<acc_t>(grad[index]) / r.count;
-    for (int64_t iy = 0; iy < r.grid_h; ++iy) {
-      const acc_t y = r.start_h + ph * r.bin_h + (iy + acc_t(.5)) * r.bin_h / static_cast<acc_t>(r.grid_h);
-      for (int64_t ix = 0; ix < r.grid_w; ++ix) {
-        const acc_t x = r.start_w + pw * r.bin_w + (ix + acc_t(.5)) * r.bin_w / static_cast<acc_t>(r.grid_w);
-        Bilinear p;
-        acc_t w1, w2, w3, w4;
-        if (bilinear_weights(height, width, y, x, p, w1, w2, w3, w4)) {
-          atomicAdd(plane + p.y_low * width + p.x_low, g * w1);
-          atomicAdd(plane + p.y_low * width + p.x_high, g * w2);
-          atomicAdd(plane + p.y_high * width + p.x_low, g * w3);
-          atomicAdd(plane + p.y_high * width + p.x_high, g * w4);
-        }
-      }
-    }
+    for_each_sample(r, ph, pw, height, width, [&](const Bilinear& p, acc_t w1, acc_t w2, acc_t w3, acc_t w4) {
+      atomicAdd(plane + p.y_low * width + p.x_low, g * w1);
+      atomicAdd(plane + p.y_low * width + p.x_high, g * w2);
+      atomicAdd(plane + p.y_high * width + p.x_low, g * w3);
+      atomicAdd(plane + p.y_high * width + p.x_high, g * w4);
+    });
   }
 }
 
@@ -198,8 +190,7 @@ at::Tensor roi_align_backward_cuda(const at::Tensor& grad_, const at::Tensor& ro
   // gradients are summed with atomicAdd: warn (or fail) under torch.use_deterministic_algorithms
   at::globalContext().alertNotDeterministic("roi_align_backward_cuda");
   const c10::cuda::CUDAGuard guard(grad_.device());
-  const at::ScalarType acc_type = grad_.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  at::Tensor grad_acc = at::zeros({batch_size, channels, height, width}, grad_.options().dtype(acc_type));
+  at::Tensor grad_acc = grad_accumulator(grad_, batch_size, channels, height, width);
   if (grad_.numel() == 0 || grad_acc.numel() == 0) {
     return grad_acc.to(grad_.scalar_type());
   }

@@ -26,13 +26,8 @@ __global__ void roi_pool_forward_kernel(index_t total, const scalar_t* __restric
                                         int64_t batch_size, int64_t channels, int64_t height, int64_t width,
                                         int64_t pooled_height, int64_t pooled_width, scalar_t* __restrict__ output,
                                         int32_t* __restrict__ argmax) {
-  for (index_t index = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; index < total;
-       index += static_cast<index_t>(blockDim.x) * gridDim.x) {
-    const int64_t pw = index % static_cast<index_t>(pooled_width);
-    const int64_t ph = (index / static_cast<index_t>(pooled_width)) % static_cast<index_t>(pooled_height);
-    const index_t plane_index = index / static_cast<index_t>(pooled_width * pooled_height);
-    const int64_t c = plane_index % static_cast<index_t>(channels);
-    const int64_t n = plane_index / static_cast<index_t>(channels);
+  for (index_t index = grid_start<index_t>(); index < total; index += grid_stride<index_t>()) {
+    const auto [n, c, ph, pw] = pooled_cell(index, channels, pooled_height, pooled_width);
     const scalar_t* roi = rois + n * 5;
     const int64_t b = roi_batch(roi, batch_size);
     const int64_t roi_start_w = llround(static_cast<double>(roi[1]) * spatial_scale);
@@ -76,15 +71,13 @@ __global__ void roi_pool_backward_kernel(index_t total, const scalar_t* __restri
                                          const scalar_t* __restrict__ rois, const int32_t* __restrict__ argmax,
                                          int64_t batch_size, int64_t channels, int64_t height, int64_t width,
                                          int64_t pooled_height, int64_t pooled_width, acc_t* __restrict__ grad_input) {
-  for (index_t index = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; index < total;
-       index += static_cast<index_t>(blockDim.x) * gridDim.x) {
+  for (index_t index = grid_start<index_t>(); index < total; index += grid_stride<index_t>()) {
     const int32_t a = argmax[index];
     if (a < 0) {
       continue;
     }
-    const index_t plane_index = index / static_cast<index_t>(pooled_width * pooled_height);
-    const int64_t c = plane_index % static_cast<index_t>(channels);
-    const int64_t n = plane_index / static_cast<index_t>(channels);
+    const auto cell = pooled_cell(index, channels, pooled_height, pooled_width);
+    const int64_t n = cell.n, c = cell.c;
     const int64_t b = roi_batch(rois + n * 5, batch_size);
     if (b < 0) {
       continue;
@@ -139,8 +132,7 @@ at::Tensor roi_pool_backward_cuda(const at::Tensor& grad_, const at::Tensor& roi
   TORCH_CHECK(argmax_.device() == grad_.device(), op, ": expected argmax on ", grad_.device(), ", got ",
               argmax_.device());
   const c10::cuda::CUDAGuard guard(grad_.device());
-  const at::ScalarType acc_type = grad_.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  at::Tensor grad_acc = at::zeros({batch_size, channels, height, width}, grad_.options().dtype(acc_type));
+  at::Tensor grad_acc = grad_accumulator(grad_, batch_size, channels, height, width);
   if (grad_.numel() == 0 || grad_acc.numel() == 0) {
     return grad_acc.to(grad_.scalar_type());
   }
