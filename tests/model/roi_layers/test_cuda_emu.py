@@ -19,8 +19,9 @@ import torch
 
 from emu_build import ASAN_ENV, ROOT
 from lib.model.roi_layers import nms
+from roi_helpers import random_rois
 from test_nms import random_boxes
-from test_roi_pool import distinct_input, random_rois
+from test_roi_pool import distinct_input
 
 CPU = torch.ops.faster_rcnn
 GRID_CAP = 65535 * 8

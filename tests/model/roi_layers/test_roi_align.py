@@ -6,6 +6,7 @@ import torch
 import torchvision
 
 from lib.model.roi_layers import ROIAlign, roi_align
+from roi_helpers import random_rois
 
 
 def bilinear(plane, y, x):
@@ -49,15 +50,6 @@ def roi_align_reference(input, rois, output_size, spatial_scale, sampling_ratio)
                                 for iy in range(gh) for ix in range(gw))
                     out[n, c, p, q] = total / max(gh * gw, 1)
     return out
-
-
-def random_rois(n, batch, img_h, img_w, seed, dtype=torch.float32):
-    """n rois (batch index, x1, y1, x2, y2) in image pixels, some reaching outside the image."""
-    g = torch.Generator().manual_seed(seed)
-    xy = torch.rand(n, 2, generator=g) * torch.tensor([img_w, img_h]) * 1.2 - 10
-    wh = torch.rand(n, 2, generator=g) * torch.tensor([img_w, img_h]) * 0.6
-    b = torch.randint(batch, (n, 1), generator=g).float()
-    return torch.cat([b, xy, xy + wh], 1).to(dtype)
 
 
 # Zero-area, thin, out-of-image, whole-image and edge-straddling rois on a [2, 3, 10, 12] map at scale 1/4.

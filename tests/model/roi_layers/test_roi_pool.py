@@ -7,6 +7,7 @@ import torch
 import torchvision
 
 from lib.model.roi_layers import ROIPool, roi_pool
+from roi_helpers import random_rois
 
 
 def round_half_away(x):
@@ -46,15 +47,6 @@ def distinct_input(shape, seed, dtype=torch.float32):
     g = torch.Generator().manual_seed(seed)
     n = math.prod(shape)
     return (torch.randperm(n, generator=g).to(dtype) / n - 0.5).reshape(shape)
-
-
-def random_rois(n, batch, img_h, img_w, seed, dtype=torch.float32):
-    """n rois (batch index, x1, y1, x2, y2) in image pixels, some reaching outside the image."""
-    g = torch.Generator().manual_seed(seed)
-    xy = torch.rand(n, 2, generator=g) * torch.tensor([img_w, img_h]) * 1.2 - 10
-    wh = torch.rand(n, 2, generator=g) * torch.tensor([img_w, img_h]) * 0.6
-    b = torch.randint(batch, (n, 1), generator=g).float()
-    return torch.cat([b, xy, xy + wh], 1).to(dtype)
 
 
 # Zero-area (x1 == x2), single-pixel, out-of-image and whole-image rois on a [2, 3, 10, 12] map at scale 1/4.
