@@ -121,14 +121,15 @@ def build_sources(out):
     return sources
 
 
-# With this variable set to 1 the emulated kernels are built with AddressSanitizer (a separate build folder), so
-# every out-of-bounds read or write of device memory aborts with a report; python must then run with libasan
-# (and libstdc++) preloaded, as test_cuda_emu.py's test_kernels_under_address_sanitizer does.
+# With this variable set to 1 the emulated kernels are built with AddressSanitizer and UndefinedBehaviorSanitizer
+# (a separate build folder), so every out-of-bounds read or write of device memory and every undefined operation
+# (signed overflow, an oversized shift) aborts with a report; python must then run with libasan (and libstdc++)
+# preloaded, as test_cuda_emu.py's test_kernels_under_sanitizers does.
 ASAN_ENV = 'FASTER_RCNN_EMU_ASAN'
 
 
 def build(asan=False):
-    """Compiles and loads the emulated kernels (with AddressSanitizer when asan) and returns their op namespace.
+    """Compiles and loads the emulated kernels (with the sanitizers when asan) and returns their op namespace.
 
     Raises RuntimeError when ninja, which torch's JIT extension builder needs, is missing."""
     from torch.utils.cpp_extension import is_ninja_available, load
@@ -138,11 +139,12 @@ def build(asan=False):
     sources = build_sources(osp.join(out, 'src'))
     os.makedirs(osp.join(out, 'obj'), exist_ok=True)
     cflags = ['-O2', '-ffp-contract=off']
+    sanitize = ['-fsanitize=address,undefined', '-fno-sanitize-recover=undefined']
     if asan:
-        cflags = ['-O1', '-ffp-contract=off', '-fsanitize=address', '-fno-omit-frame-pointer']
+        cflags = ['-O1', '-ffp-contract=off', '-fno-omit-frame-pointer'] + sanitize
     load(name=NAMESPACE, sources=sources, build_directory=osp.join(out, 'obj'),
          extra_include_paths=[osp.join(EMU, 'include'), EMU], extra_cflags=cflags,
-         extra_ldflags=['-fsanitize=address'] if asan else [], is_python_module=False, verbose=False)
+         extra_ldflags=sanitize if asan else [], is_python_module=False, verbose=False)
     ops = getattr(torch.ops, NAMESPACE)
     ops.emu_configure(65535 * 8, 5120, False, 0, 0)
     return ops

@@ -5,9 +5,9 @@ This runs the kernels' own code (index math, grid-stride loops, the NMS bitmap s
 barriers, the host launch code and its early returns) on every machine. It cannot see what only a GPU shows
 (timing, nvcc's floating-point contraction, the memory model), so test_*.py's CUDA tests still run wherever a GPU
 is present. Each kernel runs under three thread schedules, and with small grids (every thread loops) and 64-bit
-indices, paths that real inputs reach only at sizes too large for a test. test_kernels_under_address_sanitizer
-runs this file again with the kernels built with AddressSanitizer, which catches any read or write outside the
-tensors.
+indices, paths that real inputs reach only at sizes too large for a test. test_kernels_under_sanitizers runs
+this file again with the kernels built with AddressSanitizer and UndefinedBehaviorSanitizer, which catch any read
+or write outside the tensors, and undefined arithmetic such as a shift by 64 (which a GPU may let pass).
 """
 import os
 import os.path as osp
@@ -269,18 +269,21 @@ def _runtime_library(name):
 
 
 @pytest.mark.slow
-def test_kernels_under_address_sanitizer(tmp_path):
+def test_kernels_under_sanitizers(tmp_path):
     if os.environ.get(ASAN_ENV) == '1':
-        pytest.skip('this run is the AddressSanitizer run')
+        pytest.skip('this run is the sanitizer run')
     libasan, libstdcxx = _runtime_library('libasan.so'), _runtime_library('libstdc++.so')
     if libasan is None or libstdcxx is None:
         pytest.skip("the compiler has no AddressSanitizer runtime (libasan.so)")
     # libstdc++ is preloaded too: python does not link it, and ASan must find it when it starts
-    env = dict(os.environ, LD_PRELOAD=f'{libasan} {libstdcxx}', ASAN_OPTIONS=f'detect_leaks=0:log_path={tmp_path}/asan')
+    env = dict(os.environ, LD_PRELOAD=f'{libasan} {libstdcxx}', ASAN_OPTIONS=f'detect_leaks=0:log_path={tmp_path}/asan',
+               UBSAN_OPTIONS=f'print_stacktrace=1:log_path={tmp_path}/ubsan')
     env[ASAN_ENV] = '1'
     run = subprocess.run([sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', __file__, '-k',
-                          'not address_sanitizer'], cwd=ROOT, env=env, capture_output=True, text=True)
-    # the log also holds ASan's notice that it does not fully support swapcontext; errors say ERROR
-    errors = [text for text in (p.read_text() for p in tmp_path.glob('asan*')) if 'ERROR: AddressSanitizer' in text]
+                          'not sanitizers'], cwd=ROOT, env=env, capture_output=True, text=True)
+    # the ASan log also holds its notice that it does not fully support swapcontext; errors say ERROR or
+    # 'runtime error'
+    reports = [p.read_text() for p in tmp_path.iterdir() if p.name.startswith(('asan', 'ubsan'))]
+    errors = [text for text in reports if 'ERROR: AddressSanitizer' in text or 'runtime error' in text]
     assert run.returncode == 0 and not errors, run.stdout[-4000:] + run.stderr[-2000:] + ''.join(errors)[:8000]
     assert ' passed' in run.stdout and ' skipped' not in run.stdout

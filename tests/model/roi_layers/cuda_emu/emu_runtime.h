@@ -13,8 +13,8 @@
 // depend on the order of threads between two barriers show up as differences between schedules. Shared memory
 // (static and dynamic, at the start of every block) and the buffers the host code takes from at::empty are
 // filled with 0xA5 bytes, so reads of memory nobody wrote show up as garbage; a canary after the dynamic shared
-// memory catches writes past its end. Built with -fsanitize=address (emu_build.build(asan=True)), reads and
-// writes outside the tensors are caught too.
+// memory catches writes past its end. Built with -fsanitize=address,undefined (emu_build.build(asan=True)), reads
+// and writes outside the tensors and undefined arithmetic (an oversized shift, signed overflow) are caught too.
 //
 // What it cannot check: timing, the memory model of a real GPU (fibers never interleave between barriers),
 // nvcc's floating-point contraction, and the hardware's own limits beyond the launch checks below.
