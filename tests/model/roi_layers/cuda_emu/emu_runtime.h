@@ -16,6 +16,8 @@
 // memory catches writes past its end. Built with -fsanitize=address,undefined (emu_build.build(asan=True)), reads
 // and writes outside the tensors and undefined arithmetic (an oversized shift, signed overflow) are caught too.
 //
+// One launch runs at a time (the scheduler's state is global): the emulated ops are not for concurrent threads.
+//
 // What it cannot check: timing, the memory model of a real GPU (fibers never interleave between barriers),
 // nvcc's floating-point contraction, and the hardware's own limits beyond the launch checks below.
 #pragma once
