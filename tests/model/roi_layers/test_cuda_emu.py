@@ -89,11 +89,10 @@ def test_broken_barriers_raise_instead_of_hanging(emu):
 @pytest.mark.parametrize('schedule', SCHEDULES)
 @pytest.mark.parametrize('n', [1, 63, 64, 65, 200, 700])
 def test_nms_kernels_match_cpu(emu, schedule, n):
-    emu.configure(schedule=schedule)
     boxes, scores = random_boxes(n, n)
     for thresh in (0.3, 0.7):
         expected = nms(boxes, scores, thresh)
-        emu.configure(schedule=schedule)
+        emu.configure(schedule=schedule)  # also restarts the launch count
         keep = emu.nms(boxes, scores, thresh)
         assert emu.emu_launches() == 2  # the mask kernel and the sweep, no early return
         torch.testing.assert_close(keep, expected, rtol=0, atol=0)
