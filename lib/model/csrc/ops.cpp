@@ -5,6 +5,8 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
+#include "checks.h"
+
 // Importing lib.model._C runs the static registrations below; the module itself has no attributes.
 PyMODINIT_FUNC PyInit__C(void) {
   static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
@@ -27,7 +29,7 @@ bool built_with_cuda() {
 // Without this, a CUDA tensor reaching a CPU-only build fails with the dispatcher's generic "could not run
 // with arguments from the CUDA backend", which does not tell the user to rebuild.
 void cuda_unavailable(const c10::OperatorHandle& op, torch::jit::Stack*) {
-  TORCH_CHECK(false, op.schema().name(),
+  FRCNN_CHECK(false, op.schema().name(),
               ": got CUDA tensors, but the faster_rcnn extension was built without CUDA; rebuild it where nvcc "
               "is found (or with FORCE_CUDA=1): python setup.py build_ext --inplace");
 }

@@ -106,8 +106,8 @@ int64_t nms_cpu_kernel(const at::Tensor& dets, const at::Tensor& order, double i
 std::pair<at::Tensor, int64_t> nms_cpu_impl(const at::Tensor& dets, const at::Tensor& scores,
                                             double iou_threshold, int64_t max_out, const char* op) {
   check_nms_inputs(dets, scores, iou_threshold, op);
-  TORCH_CHECK(dets.is_cpu(), op, ": expected CPU tensors, got dets on ", dets.device());
-  TORCH_CHECK(dets.scalar_type() == at::kFloat || dets.scalar_type() == at::kDouble, op,
+  FRCNN_CHECK(dets.is_cpu(), op, ": expected CPU tensors, got dets on ", dets.device());
+  FRCNN_CHECK(dets.scalar_type() == at::kFloat || dets.scalar_type() == at::kDouble, op,
               ": expected float32 or float64 dets on the CPU, got ", dets.scalar_type());
   const int64_t n = dets.size(0);
   at::Tensor keep = at::empty({n}, dets.options().dtype(at::kLong));
@@ -130,7 +130,7 @@ at::Tensor nms_cpu(const at::Tensor& dets, const at::Tensor& scores, double iou_
 
 std::tuple<at::Tensor, at::Tensor> nms_padded_cpu(const at::Tensor& dets, const at::Tensor& scores,
                                                   double iou_threshold, int64_t max_out) {
-  TORCH_CHECK(max_out >= 0, "nms_padded: expected max_out >= 0, got ", max_out);
+  FRCNN_CHECK(max_out >= 0, "nms_padded: expected max_out >= 0, got ", max_out);
   auto result = nms_cpu_impl(dets, scores, iou_threshold, max_out, "nms_padded");
   at::Tensor padded = at::full({max_out}, -1, dets.options().dtype(at::kLong));
   const int64_t k = std::min(result.second, max_out);

@@ -126,7 +126,7 @@ struct RoiBlockTables {
 };
 
 void check_sampling_ratio(int64_t sampling_ratio, const char* op) {
-  TORCH_CHECK(sampling_ratio >= 0, op, ": expected sampling_ratio >= 0 (0 = adaptive), got ", sampling_ratio);
+  FRCNN_CHECK(sampling_ratio >= 0, op, ": expected sampling_ratio >= 0 (0 = adaptive), got ", sampling_ratio);
 }
 
 at::Tensor roi_align_forward_cpu(const at::Tensor& input_, const at::Tensor& rois_, double spatial_scale,

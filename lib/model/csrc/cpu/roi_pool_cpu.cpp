@@ -130,10 +130,10 @@ at::Tensor roi_pool_backward_cpu(const at::Tensor& grad_, const at::Tensor& rois
   check_roi_backward_inputs(grad_, rois_, pooled_height, pooled_width, spatial_scale, batch_size, channels,
                             height, width, op);
   check_cpu_roi_tensor(grad_, "grad", op);
-  TORCH_CHECK(argmax_.scalar_type() == at::kInt && argmax_.sizes() == grad_.sizes(), op,
+  FRCNN_CHECK(argmax_.scalar_type() == at::kInt && argmax_.sizes() == grad_.sizes(), op,
               ": expected an int32 argmax of shape ", grad_.sizes(), ", got ", argmax_.scalar_type(), " ",
               argmax_.sizes());
-  TORCH_CHECK(argmax_.is_cpu(), op, ": expected argmax on the CPU, got ", argmax_.device());
+  FRCNN_CHECK(argmax_.is_cpu(), op, ": expected argmax on the CPU, got ", argmax_.device());
   at::Tensor grad_input = at::zeros({batch_size, channels, height, width}, grad_.options());
   const int64_t num_rois = rois_.size(0);
   if (num_rois == 0 || grad_input.numel() == 0) {

@@ -10,6 +10,8 @@
 #include <algorithm>
 #include <limits>
 
+#include "../checks.h"
+
 namespace faster_rcnn {
 
 constexpr int kThreadsPerBlock = 256;
@@ -80,9 +82,9 @@ __device__ inline float dev_ceil(float x) { return ceilf(x); }
 __device__ inline double dev_ceil(double x) { return ::ceil(x); }
 
 inline void check_cuda_tensor(const at::Tensor& t, const char* what, const char* op) {
-  TORCH_CHECK(t.is_cuda(), op, ": expected CUDA tensors, got ", what, " on ", t.device());
+  FRCNN_CHECK(t.is_cuda(), op, ": expected CUDA tensors, got ", what, " on ", t.device());
   const at::ScalarType dtype = t.scalar_type();
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf || dtype == at::kBFloat16, op,
+  FRCNN_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf || dtype == at::kBFloat16, op,
               ": expected float32, float64, float16 or bfloat16 ", what, " on CUDA, got ", dtype);
 }
 

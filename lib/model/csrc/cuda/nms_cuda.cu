@@ -177,7 +177,7 @@ std::tuple<at::Tensor, at::Tensor> nms_cuda_impl(const at::Tensor& dets, const a
                                                  double iou_threshold, int64_t max_out, const char* op) {
   check_nms_inputs(dets, scores, iou_threshold, op);
   check_cuda_tensor(dets, "dets", op);
-  TORCH_CHECK(max_out >= 0, op, ": expected max_out >= 0, got ", max_out);
+  FRCNN_CHECK(max_out >= 0, op, ": expected max_out >= 0, got ", max_out);
   const c10::cuda::CUDAGuard guard(dets.device());
   const int64_t n = dets.size(0);
   at::Tensor keep = at::full({max_out}, -1, dets.options().dtype(at::kLong));
@@ -186,7 +186,7 @@ std::tuple<at::Tensor, at::Tensor> nms_cuda_impl(const at::Tensor& dets, const a
     return {keep, num_kept};
   }
   const int64_t num_words = (n + kBoxesPerWord - 1) / kBoxesPerWord;
-  TORCH_CHECK(num_words <= 65535, op, ": expected at most ", 65535 * kBoxesPerWord, " boxes, got ", n);
+  FRCNN_CHECK(num_words <= 65535, op, ": expected at most ", 65535 * kBoxesPerWord, " boxes, got ", n);
   // A stable descending sort keeps tied scores in input order, so the result is deterministic.
   const at::Tensor order = std::get<1>(scores.sort(/*stable=*/true, /*dim=*/0, /*descending=*/true));
   const at::Tensor sorted = dets.index_select(0, order).contiguous();

@@ -147,7 +147,7 @@ __global__ void roi_align_backward_kernel(index_t total, const scalar_t* __restr
 }
 
 void check_sampling_ratio(int64_t sampling_ratio, const char* op) {
-  TORCH_CHECK(sampling_ratio >= 0, op, ": expected sampling_ratio >= 0 (0 = adaptive), got ", sampling_ratio);
+  FRCNN_CHECK(sampling_ratio >= 0, op, ": expected sampling_ratio >= 0 (0 = adaptive), got ", sampling_ratio);
 }
 
 at::Tensor roi_align_forward_cuda(const at::Tensor& input_, const at::Tensor& rois_, double spatial_scale,

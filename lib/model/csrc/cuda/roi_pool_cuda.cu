@@ -126,10 +126,10 @@ at::Tensor roi_pool_backward_cuda(const at::Tensor& grad_, const at::Tensor& roi
   check_cuda_tensor(grad_, "grad", op);
   // gradients are summed with atomicAdd: warn (or fail) under torch.use_deterministic_algorithms
   at::globalContext().alertNotDeterministic("roi_pool_backward_cuda");
-  TORCH_CHECK(argmax_.scalar_type() == at::kInt && argmax_.sizes() == grad_.sizes(), op,
+  FRCNN_CHECK(argmax_.scalar_type() == at::kInt && argmax_.sizes() == grad_.sizes(), op,
               ": expected an int32 argmax of shape ", grad_.sizes(), ", got ", argmax_.scalar_type(), " ",
               argmax_.sizes());
-  TORCH_CHECK(argmax_.device() == grad_.device(), op, ": expected argmax on ", grad_.device(), ", got ",
+  FRCNN_CHECK(argmax_.device() == grad_.device(), op, ": expected argmax on ", grad_.device(), ", got ",
               argmax_.device());
   const c10::cuda::CUDAGuard guard(grad_.device());
   at::Tensor grad_acc = grad_accumulator(grad_, batch_size, channels, height, width);
