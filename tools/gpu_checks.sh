@@ -121,8 +121,13 @@ fi
 for s in $STAGES; do
   case $s in
     ops)
-      # the CUDA half of the op and model tests (the CPU half is what CI runs), then the op benchmark
-      stage cuda_tests 240 "$PY" -m pytest -q -rs -o timeout=120 -m cuda tests/model/roi_layers tests/model/faster_rcnn
+      # the CUDA half of the op and model tests (the CPU half is what CI runs), then the op benchmark. With
+      # pytest-xdist (the lent machines have it) a test that crashes the process (a segfault, as the first lent
+      # H100 gave) costs its worker, reported as that test's failure, and the other tests still run.
+      xdist=()
+      if "$PY" -c "import xdist" 2>/dev/null; then xdist=(-n 2 --max-worker-restart 50); fi
+      stage cuda_tests 240 "$PY" -m pytest -q -rs -o timeout=120 "${xdist[@]}" -m cuda tests/model/roi_layers \
+        tests/model/faster_rcnn
       stage build_tests 60 "$PY" -m pytest -q -rs -o timeout=60 tests/model/roi_layers/test_build.py
       stage bench_ops 150 "$PY" tools/bench_ops.py --device cuda --json "$LOGS/bench_ops.json"
       ;;
