@@ -46,6 +46,37 @@ def test_profile_counts_host_syncs_and_ranks_ops(bench):
     assert next(op['calls'] for op in prof['ops'] if op['name'] == 'aten::mm') == 1
     times = [op['self_ms'] for op in prof['ops']]
     assert times == sorted(times, reverse=True) and times[0] > 0
+    # matmul, sum, item, mean, item: the ops they call inside (mm, _local_scalar_dense, ...) cost no dispatch
+    # from Python; a CPU profile has no kernels
+    assert prof['ops_per_step'] == 5 and 'device_ms' not in prof
+
+
+def test_step_load_splits_host_dispatches_from_device_work(bench):
+    """The CUDA half of step_load on events shaped like torch.profiler's: kernels and copies (device events) add
+    up to device_ms, runtime launch calls to kernel_launches, aten ops count once where entered from outside."""
+    from types import SimpleNamespace as Event
+    from torch.autograd import DeviceType
+
+    def host(name, parent=None):
+        return Event(name=name, cpu_parent=parent, device_type=DeviceType.CPU)
+
+    def device(us):
+        return Event(name='some_kernel', cpu_parent=None, device_type=DeviceType.CUDA,
+                     time_range=SimpleRange(us))
+    conv = host('aten::conv2d')
+    engine = host('autograd::engine::evaluate_function: AddBackward0')
+    events = [conv, host('aten::convolution', conv), host('aten::cudnn_convolution', conv),
+              host('cudaLaunchKernel', conv), host('cudaLaunchKernelExC', conv), device(1500.0), device(500.0),
+              engine, host('aten::add', engine), host('cudaMemcpyAsync')]
+    assert bench.step_load(events, iters=2) == {'ops_per_step': 1.0, 'kernel_launches': 1.0, 'device_ms': 1.0}
+
+
+class SimpleRange:
+    def __init__(self, us):
+        self.us = us
+
+    def elapsed_us(self):
+        return self.us
 
 
 def test_results_are_saved_after_every_row(bench, tmp_path):

@@ -75,14 +75,46 @@ def profile_step(fn, device, iters=3, top=12):
         return e.self_cpu_time_total
     ranked = sorted((e for e in events if self_time(e) > 0), key=self_time, reverse=True)[:top]
     syncs = {e.key: e.count / iters for e in events if e.key in SYNC_EVENTS and e.count}
-    return {'ops': [{'name': e.key, 'self_ms': self_time(e) / 1000.0 / iters, 'calls': e.count / iters}
-                    for e in ranked],
-            'syncs': syncs}
+    result = {'ops': [{'name': e.key, 'self_ms': self_time(e) / 1000.0 / iters, 'calls': e.count / iters}
+                      for e in ranked],
+              'syncs': syncs}
+    result.update(step_load(prof.events(), iters))
+    return result
 
 
-def print_profile(title, prof):
+KERNEL_LAUNCHES = ('cudaLaunchKernel', 'cudaLaunchKernelExC', 'cuLaunchKernel', 'cuLaunchKernelEx')
+
+
+def step_load(events, iters):
+    """What a step asks of the host and of the device, per step, from torch.profiler's events:
+    ops_per_step, the aten ops entered from outside another aten op (from Python or the autograd engine: each
+    costs the host a dispatch whatever its size); on CUDA also kernel_launches and device_ms, the time the
+    kernels, copies and memsets ran. A step much longer than device_ms waits on the host, not on the GPU."""
+    from torch.autograd import DeviceType
+    ops = launches = 0
+    device_us = 0.0
+    for e in events:
+        if getattr(e, 'device_type', DeviceType.CPU) != DeviceType.CPU:
+            device_us += e.time_range.elapsed_us()
+        elif e.name in KERNEL_LAUNCHES:
+            launches += 1
+        elif e.name.startswith('aten::') and (e.cpu_parent is None or not e.cpu_parent.name.startswith('aten::')):
+            ops += 1
+    load = {'ops_per_step': ops / iters}
+    if launches or device_us:
+        load.update(kernel_launches=launches / iters, device_ms=device_us / 1000.0 / iters)
+    return load
+
+
+def print_profile(title, prof, step_ms=None):
     syncs = ', '.join(f'{k} {v:g}' for k, v in sorted(prof['syncs'].items())) or 'none'
     print(f'profile {title}: host syncs per step: {syncs}')
+    load = f"    {prof['ops_per_step']:g} aten ops dispatched per step"
+    if 'device_ms' in prof:
+        load += f", {prof['kernel_launches']:g} kernel launches, {prof['device_ms']:.2f} ms of device work"
+        if step_ms:
+            load += f' ({100 * prof["device_ms"] / step_ms:.0f}% of the {step_ms:.2f} ms step)'
+    print(load)
     for op in prof['ops']:
         print(f"    {op['self_ms']:9.3f} ms  {op['calls']:7.1f} calls  {op['name'][:90]}")
 
@@ -348,7 +380,8 @@ def print_row(row):
               "(at 600 x 1000 both keep 300 at test and 2000 in training)", flush=True)
     for kind in ('ours', 'torchvision'):
         if 'profile' in row[kind]:
-            print_profile(f"{row['section']} bs {row['bs']} {row['amp']} {kind}", row[kind]['profile'])
+            print_profile(f"{row['section']} bs {row['bs']} {row['amp']} {kind}", row[kind]['profile'],
+                          row[kind]['ms'])
 
 
 def parse_args(argv=None):
