@@ -18,11 +18,16 @@ import torch
 BBOX_XFORM_CLIP = math.log(1000.0 / 16)
 
 
-def _widths_centres(boxes):
-    """[..., 4] boxes -> (w, h, cx, cy), each [...]."""
-    w = boxes[..., 2] - boxes[..., 0] + 1.0
-    h = boxes[..., 3] - boxes[..., 1] + 1.0
-    return w, h, boxes[..., 0] + 0.5 * w, boxes[..., 1] + 0.5 * h
+def _sizes_centres(boxes):
+    """[..., 4] boxes -> (wh, centre), each [..., 2]: (w, h) and (cx, cy).
+
+    The helpers here work on coordinate pairs, (x, y) side by side, rather than on one coordinate at a time: the
+    same arithmetic per element with about half the tensor ops, each of which costs the host a dispatch (on a GPU
+    the training step waits on those dispatches; docs/BENCHMARKS.md).
+    """
+    x1y1 = boxes[..., 0:2]
+    wh = boxes[..., 2:4] - x1y1 + 1.0
+    return wh, x1y1 + 0.5 * wh
 
 
 def encode(ex_rois, gt_rois):
@@ -34,9 +39,9 @@ def encode(ex_rois, gt_rois):
     Returns:
         [..., 4] deltas: dx = (gx - ex) / ew, dy likewise, dw = log(gw / ew), dh likewise.
     """
-    ew, eh, ex, ey = _widths_centres(ex_rois)
-    gw, gh, gx, gy = _widths_centres(gt_rois)
-    return torch.stack(((gx - ex) / ew, (gy - ey) / eh, torch.log(gw / ew), torch.log(gh / eh)), dim=-1)
+    ewh, ec = _sizes_centres(ex_rois)
+    gwh, gc = _sizes_centres(gt_rois)
+    return torch.cat(((gc - ec) / ewh, torch.log(gwh / ewh)), dim=-1)
 
 
 def decode(boxes, deltas):
@@ -48,21 +53,15 @@ def decode(boxes, deltas):
     Returns:
         [..., N, 4k] decoded boxes, same dtype as deltas. dw and dh are clamped at BBOX_XFORM_CLIP.
     """
-    w, h, cx, cy = _widths_centres(boxes.to(deltas.dtype))
-    w, h, cx, cy = w.unsqueeze(-1), h.unsqueeze(-1), cx.unsqueeze(-1), cy.unsqueeze(-1)
-    dx = deltas[..., 0::4]
-    dy = deltas[..., 1::4]
-    dw = deltas[..., 2::4].clamp(max=BBOX_XFORM_CLIP)
-    dh = deltas[..., 3::4].clamp(max=BBOX_XFORM_CLIP)
-    pcx = dx * w + cx
-    pcy = dy * h + cy
-    pw = torch.exp(dw) * w
-    ph = torch.exp(dh) * h
+    wh, c = _sizes_centres(boxes.to(deltas.dtype))
+    wh, c = wh.unsqueeze(-2), c.unsqueeze(-2)  # (..., N, 1, 2) against the (..., N, k, 2) groups
+    d = deltas.unflatten(-1, (-1, 4))
+    pc = d[..., 0:2] * wh + c
+    half = 0.5 * (torch.exp(d[..., 2:4].clamp(max=BBOX_XFORM_CLIP)) * wh)
     # x2 = x1 + w - 1 (pixel-inclusive), so that decode(encode(b)) == b; the original returned x1 + w here,
     # one pixel too far (Detectron's box_utils subtracts the same 1)
     # (..., N, k, 4) -> (..., N, 4k): x1, y1, x2, y2 of each group side by side, as the deltas were
-    out = torch.stack((pcx - 0.5 * pw, pcy - 0.5 * ph, pcx + 0.5 * pw - 1, pcy + 0.5 * ph - 1), dim=-1)
-    return out.flatten(-2)
+    return torch.cat((pc - half, pc + half - 1), dim=-1).flatten(-2)
 
 
 def bbox_transform(ex_rois, gt_rois):
@@ -113,18 +112,19 @@ def clip_boxes(boxes, im_info, batch_size=None):
 
 
 def _pairwise_iou(a, b):
-    """a [..., N, 4], b [..., K, 4] -> IoU [..., N, K] (pixel-inclusive), plus the w, h of a and b."""
-    aw = a[..., 2] - a[..., 0] + 1
-    ah = a[..., 3] - a[..., 1] + 1
-    bw = b[..., 2] - b[..., 0] + 1
-    bh = b[..., 3] - b[..., 1] + 1
-    iw = (torch.minimum(a[..., :, None, 2], b[..., None, :, 2])
-          - torch.maximum(a[..., :, None, 0], b[..., None, :, 0]) + 1).clamp(min=0)
-    ih = (torch.minimum(a[..., :, None, 3], b[..., None, :, 3])
-          - torch.maximum(a[..., :, None, 1], b[..., None, :, 1]) + 1).clamp(min=0)
+    """a [..., N, 4], b [..., K, 4] -> IoU [..., N, K] (pixel-inclusive), plus the (w, h) [..., 2] of a and b."""
+    a1, a2 = a[..., 0:2], a[..., 2:4]
+    b1, b2 = b[..., 0:2], b[..., 2:4]
+    awh = a2 - a1 + 1
+    bwh = b2 - b1 + 1
+    # (..., N, 1, 2) against (..., 1, K, 2): the intersection's (w, h) for every pair
+    iw, ih = (torch.minimum(a2.unsqueeze(-2), b2.unsqueeze(-3))
+              - torch.maximum(a1.unsqueeze(-2), b1.unsqueeze(-3)) + 1).clamp(min=0).unbind(-1)
     inter = iw * ih
-    union = (aw * ah)[..., :, None] + (bw * bh)[..., None, :] - inter
-    return inter / union, (aw, ah), (bw, bh)
+    aw, ah = awh.unbind(-1)
+    bw, bh = bwh.unbind(-1)
+    union = (aw * ah).unsqueeze(-1) + (bw * bh).unsqueeze(-2) - inter
+    return inter / union, awh, bwh
 
 
 def bbox_overlaps(anchors, gt_boxes):
@@ -152,9 +152,9 @@ def bbox_overlaps_batch(anchors, gt_boxes):
         raise ValueError(f'bbox_overlaps_batch: anchors must be [N, 4], [B, N, 4] or [B, N, 5], '
                          f'got {tuple(anchors.shape)}')
     g = gt_boxes[:, :, :4]
-    overlaps, (aw, ah), (gw, gh) = _pairwise_iou(a, g)
-    gt_zero = (gw == 1) & (gh == 1)
-    anchor_zero = (aw == 1) & (ah == 1)
+    overlaps, awh, gwh = _pairwise_iou(a, g)
+    gt_zero = (gwh == 1).all(-1)
+    anchor_zero = (awh == 1).all(-1)
     overlaps = overlaps.masked_fill(gt_zero[:, None, :], 0)
     overlaps = overlaps.masked_fill(anchor_zero[:, :, None], -1)
     return overlaps
