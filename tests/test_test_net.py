@@ -22,7 +22,9 @@ TINY_SET = ['TRAIN.SCALES', '[96]', 'TRAIN.MAX_SIZE', '160', 'TEST.SCALES', '[96
 
 
 # ------------------------------------------------------------------------------------------------ post-processing
-def test_postprocess_threshold_nms_per_class_and_topk():
+# padded: the fixed-size way that a GPU takes by default (one copy to the host), forced here on the CPU
+@pytest.mark.parametrize('padded', [False, True])
+def test_postprocess_threshold_nms_per_class_and_topk(padded):
     # 4 rois, classes: background, a, b. Rois 0 and 1 overlap heavily; roi 3 is far away.
     roi = torch.tensor([[0., 0., 9., 9.], [0., 0., 9., 8.], [0., 0., 9., 9.], [50., 50., 59., 59.]])
     boxes = roi.repeat(1, 3)  # class-specific layout [R, 4C], same box for every class
@@ -30,14 +32,14 @@ def test_postprocess_threshold_nms_per_class_and_topk():
                            [0.1, 0.7, 0.2],
                            [0.6, 0.05, 0.35],
                            [0.5, 0.3, 0.2]])
-    dets = postprocess_detections(scores, boxes, thresh=0.1, nms_thresh=0.3, max_per_image=100)
+    dets = postprocess_detections(scores, boxes, thresh=0.1, nms_thresh=0.3, max_per_image=100, padded=padded)
     assert len(dets) == 3 and dets[0].shape == (0, 5)
     # class a: roi 1 (IoU 0.9 with roi 0) suppressed, roi 2 below the threshold -> rois 0 and 3
     np.testing.assert_allclose(dets[1], [[0, 0, 9, 9, 0.8], [50, 50, 59, 59, 0.3]], rtol=1e-6)
     # class b: rois 0 (0.1) not > thresh; roi 2 (0.35) suppresses roi 1 (0.2); roi 3 kept: classes do not interact
     np.testing.assert_allclose(dets[2], [[0, 0, 9, 9, 0.35], [50, 50, 59, 59, 0.2]], rtol=1e-6)
     # top 2 over all classes: 0.8 (a) and 0.35 (b)
-    top = postprocess_detections(scores, boxes, thresh=0.1, nms_thresh=0.3, max_per_image=2)
+    top = postprocess_detections(scores, boxes, thresh=0.1, nms_thresh=0.3, max_per_image=2, padded=padded)
     np.testing.assert_allclose(top[1][:, 4], [0.8])
     np.testing.assert_allclose(top[2][:, 4], [0.35])
 
@@ -88,12 +90,45 @@ def test_im_detect_unnormalises_decodes_clips_and_rescales(agnostic):
     assert clipped > 0
 
 
-def test_postprocess_class_agnostic_boxes():
+@pytest.mark.parametrize('padded', [False, True])
+def test_postprocess_class_agnostic_boxes(padded):
     boxes = torch.tensor([[0., 0., 9., 9.], [20., 20., 29., 29.]])
     scores = torch.tensor([[0.2, 0.5, 0.3], [0.1, 0.1, 0.8]])
-    dets = postprocess_detections(scores, boxes, thresh=0.25, nms_thresh=0.3, max_per_image=100)
+    dets = postprocess_detections(scores, boxes, thresh=0.25, nms_thresh=0.3, max_per_image=100, padded=padded)
     np.testing.assert_allclose(dets[1], [[0, 0, 9, 9, 0.5]])
     np.testing.assert_allclose(dets[2], [[20, 20, 29, 29, 0.8], [0, 0, 9, 9, 0.3]])
+
+
+@pytest.mark.parametrize('seed', range(6))
+def test_postprocess_padded_equals_the_candidate_way(seed):
+    """The two ways give the same detections on random images: 300 rois, 20 classes, integer boxes (IoUs exactly
+    at the threshold happen), scores rounded to 1/64 (ties across and within classes) and a few NaN scores (never
+    detections, and they must not suppress any), several thresholds, a
+    max_per_image below and above the number kept, class-specific and class-agnostic boxes."""
+    g = torch.Generator().manual_seed(seed)
+    R, C = 300, 21
+    xy = torch.randint(0, 200, (R, C, 2), generator=g).float()
+    wh = torch.randint(1, 60, (R, C, 2), generator=g).float()
+    boxes = torch.cat([xy, xy + wh], dim=2).view(R, 4 * C)
+    boxes[:, 4:8] = boxes[:, 8:12]  # two classes with the same boxes: they must not suppress each other
+    scores = torch.softmax(torch.randn(R, C, generator=g) * 3, dim=1)
+    scores = (scores * 64).round() / 64
+    scores[torch.randint(0, R, (5,), generator=g), torch.randint(1, C, (5,), generator=g)] = float('nan')
+    for box_input in (boxes, boxes[:, :4]):
+        for thresh in (0.0, 1 / 64, 0.3):
+            for max_per_image in (5, 100, 6000):
+                a = postprocess_detections(scores, box_input, thresh, 0.3, max_per_image, padded=False)
+                b = postprocess_detections(scores, box_input, thresh, 0.3, max_per_image, padded=True)
+                assert [x.shape for x in a] == [x.shape for x in b], (thresh, max_per_image)
+                for x, y in zip(a, b):
+                    np.testing.assert_array_equal(x, y)
+    assert sum(len(x) for x in a) > 0
+
+
+def test_postprocess_padded_without_rois_or_candidates():
+    for R, thresh in ((0, 0.0), (7, 1.0)):  # no roi at all; rois but no score above the threshold
+        dets = postprocess_detections(torch.rand(R, 4), torch.rand(R, 16), thresh, 0.3, 100, padded=True)
+        assert [d.shape for d in dets] == [(0, 5)] * 4 and all(d.dtype == np.float32 for d in dets)
 
 
 def test_detection_file_round_trip(tmp_path):

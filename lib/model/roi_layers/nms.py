@@ -61,10 +61,50 @@ def batched_nms(boxes, scores, idxs, thresh):
                          f'{tuple(boxes.shape)}, scores {tuple(scores.shape)}, idxs {tuple(idxs.shape)}')
     if boxes.numel() == 0:
         return torch.empty(0, dtype=torch.long, device=boxes.device)
+    boxes, scores = _float32_if_half(boxes, scores)
+    return nms(_class_shifted(boxes, idxs), scores, thresh)
+
+
+def batched_nms_padded(boxes, scores, idxs, thresh, max_out, valid=None):
+    """batched_nms with a fixed-size result and no host synchronisation (as nms_padded), for test time on a GPU.
+
+    Args:
+        boxes, scores, idxs, thresh: as in batched_nms.
+        max_out (int): at most this many kept boxes (the first max_out of batched_nms' result).
+        valid (BoolTensor[N], optional): the rows that count. The others must score below every valid row (e.g.
+            -inf): NMS then reaches them after every valid row, so they never suppress one, and where
+            batched_nms gets only the valid rows this keeps the same valid rows in the same order (the
+            categories' shift is taken from the valid rows too). Kept invalid rows come after them.
+
+    Returns:
+        keep (LongTensor[max_out]): kept indices by decreasing score, padded with -1.
+        num_kept (LongTensor[]): how many entries of keep are set, on boxes' device.
+    """
+    if boxes.dim() != 2 or boxes.size(1) != 4 or idxs.shape != scores.shape:
+        raise ValueError(f'batched_nms_padded: expected boxes [N, 4], scores [N] and idxs [N], got boxes '
+                         f'{tuple(boxes.shape)}, scores {tuple(scores.shape)}, idxs {tuple(idxs.shape)}')
+    boxes, scores = _float32_if_half(boxes, scores)
+    return nms_padded(_class_shifted(boxes, idxs, valid), scores, thresh, max_out)
+
+
+def _float32_if_half(boxes, scores):
+    # shifted half coordinates would be rounded to tens of pixels, or overflow past 65504: shift in float32
     if boxes.dtype in (torch.float16, torch.bfloat16):
-        # shifted half coordinates would be rounded to tens of pixels, or overflow past 65504: shift in float32
-        boxes, scores = boxes.float(), scores.float()
+        return boxes.float(), scores.float()
+    return boxes, scores
+
+
+def _class_shifted(boxes, idxs, valid=None):
+    """Every category moved to its own region of the plane, measured on the rows where valid (all by default)."""
+    if boxes.numel() == 0:
+        return boxes
+    if valid is None:
+        lo, hi = boxes.min(), boxes.max()
+    else:
+        lo = torch.where(valid[:, None], boxes, float('inf')).min()
+        hi = torch.where(valid[:, None], boxes, float('-inf')).max()
+        # without a valid row any finite shift does
+        lo, hi = torch.where(lo <= hi, lo, 0), torch.where(lo <= hi, hi, 0)
     # Pixel-inclusive boxes touching at one coordinate overlap by a pixel, hence the + 2 rather than + 1.
-    span = boxes.max() - boxes.min() + 2
-    shifted = boxes - boxes.min() + (idxs.to(boxes.dtype) * span)[:, None]
-    return nms(shifted, scores, thresh)
+    span = hi - lo + 2
+    return boxes - lo + (idxs.to(boxes.dtype) * span)[:, None]

@@ -129,7 +129,7 @@ def im_detect(model, im_data, im_info, bbox_reg=True):
     return scores, pred
 
 
-def postprocess_detections(scores, boxes, thresh=0.0, nms_thresh=0.3, max_per_image=100):
+def postprocess_detections(scores, boxes, thresh=0.0, nms_thresh=0.3, max_per_image=100, padded=None):
     """Score threshold, NMS within each class and the top ``max_per_image`` over all classes, for one image.
 
     Args:
@@ -138,29 +138,74 @@ def postprocess_detections(scores, boxes, thresh=0.0, nms_thresh=0.3, max_per_im
         thresh: keep scores > thresh.
         nms_thresh: IoU threshold (pixel-inclusive, cfg.TEST.NMS).
         max_per_image: 0 or less keeps everything.
+        padded: work in fixed sizes on the device and copy the result to the host once (default: on CUDA
+            tensors with max_per_image > 0). The other way picks the candidates above thresh first, which
+            is faster on a CPU but waits for the GPU four times. Both give the same detections.
     Returns:
         list of C float32 arrays [N_j, 5] (x1, y1, x2, y2, score), sorted by decreasing score; entry 0 is empty.
     """
     from lib.model.roi_layers import batched_nms
     R, C = scores.shape
-    fg_scores = scores[:, 1:]  # (R, C-1)
-    if boxes.shape[1] == 4:
-        cls_boxes = boxes.view(R, 1, 4).expand(R, C - 1, 4)
+    if padded is None:
+        padded = scores.is_cuda and max_per_image > 0
+    if padded:
+        table = detection_table(scores, boxes, thresh, nms_thresh, max_per_image).cpu().numpy()
+        table = table[table[:, 6] > 0]  # the kept rows, by decreasing score
+        table = table[np.argsort(table[:, 5], kind='stable')]  # grouped by class, score order kept inside
+        dets = np.ascontiguousarray(table[:, :5])
+        counts = np.bincount(table[:, 5].astype(np.int64), minlength=C - 1)
     else:
-        cls_boxes = boxes.view(R, C, 4)[:, 1:]  # (R, 4C) -> (R, C-1, 4)
-    r_idx, c_idx = torch.nonzero(fg_scores > thresh, as_tuple=True)
-    s = fg_scores[r_idx, c_idx]
-    b = cls_boxes[r_idx, c_idx]
-    keep = batched_nms(b, s, c_idx, nms_thresh)  # by decreasing score
-    if max_per_image > 0:
-        keep = keep[:max_per_image]
-    # group by class, keeping the score order inside each class: a stable sort on the class index
-    keep = keep[torch.sort(c_idx[keep], stable=True).indices]
-    dets = torch.cat([b[keep], s[keep, None]], dim=1).cpu().numpy().astype(np.float32)
-    counts = torch.bincount(c_idx[keep], minlength=C - 1).tolist()
+        fg_scores, cls_boxes = _per_class(scores, boxes)
+        r_idx, c_idx = torch.nonzero(fg_scores > thresh, as_tuple=True)
+        s = fg_scores[r_idx, c_idx]
+        b = cls_boxes[r_idx, c_idx]
+        keep = batched_nms(b, s, c_idx, nms_thresh)  # by decreasing score
+        if max_per_image > 0:
+            keep = keep[:max_per_image]
+        # group by class, keeping the score order inside each class: a stable sort on the class index
+        keep = keep[torch.sort(c_idx[keep], stable=True).indices]
+        dets = torch.cat([b[keep], s[keep, None]], dim=1).cpu().numpy().astype(np.float32)
+        counts = torch.bincount(c_idx[keep], minlength=C - 1).tolist()
     out = [np.zeros((0, 5), np.float32)]
     out.extend(np.split(dets, np.cumsum(counts)[:-1]))
     return out
+
+
+def _per_class(scores, boxes):
+    """[R, C] scores and [R, 4C] or [R, 4] boxes -> foreground scores [R, C-1] and their boxes [R, C-1, 4]."""
+    R, C = scores.shape
+    if boxes.shape[1] == 4:
+        return scores[:, 1:], boxes.view(R, 1, 4).expand(R, C - 1, 4)
+    return scores[:, 1:], boxes.view(R, C, 4)[:, 1:]  # (R, 4C) -> (R, C-1, 4)
+
+
+def detection_table(scores, boxes, thresh, nms_thresh, max_per_image):
+    """postprocess_detections' work in fixed sizes, on the scores' device, with no host synchronisation.
+
+    Every (roi, class) pair takes part. Those at or below thresh rank after every candidate anyway; they score
+    -inf so that NaN scores (which a descending sort puts first) do too. So the per-class NMS reaches them after
+    every candidate and they never suppress one: batched_nms_padded keeps the same candidates, in the same
+    order, as batched_nms on the candidates alone.
+
+    Returns:
+        [max_per_image, 7] float32: x1, y1, x2, y2, score, class - 1, kept (1.0 for the detections, 0.0 for
+        the padding rows), by decreasing score.
+    """
+    from lib.model.roi_layers import batched_nms_padded
+    fg_scores, cls_boxes = _per_class(scores, boxes)
+    R, K = fg_scores.shape
+    if R * K == 0:
+        return torch.zeros(max_per_image, 7, device=scores.device)
+    flat_scores = fg_scores.reshape(-1)  # (r, c) in row-major order, as nonzero would list them
+    flat_boxes = cls_boxes.reshape(-1, 4)
+    flat_cls = torch.arange(K, device=scores.device).repeat(R)
+    valid = flat_scores > thresh
+    ranked = torch.where(valid, flat_scores, float('-inf'))
+    keep, _ = batched_nms_padded(flat_boxes, ranked, flat_cls, nms_thresh, max_per_image, valid=valid)
+    rows = keep.clamp(min=0)
+    kept = (keep >= 0) & valid[rows]
+    return torch.cat([flat_boxes[rows].float(), flat_scores[rows, None].float(), flat_cls[rows, None].float(),
+                      kept[:, None].float()], dim=1)
 
 
 def image_blob(im, scale=None, max_size=None):

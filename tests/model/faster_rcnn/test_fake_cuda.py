@@ -25,7 +25,7 @@ from lib.model.faster_rcnn.resnet import resnet
 from lib.model.faster_rcnn.vgg16 import vgg16
 from lib.model.utils.config import cfg
 from lib.model.utils.net_utils import clip_gradient
-from lib.model.utils.test_utils import im_detect
+from lib.model.utils.test_utils import detection_table, im_detect
 from lib.model.utils.train_utils import LossMeter
 
 
@@ -145,6 +145,18 @@ def test_train_and_test_forward_on_cuda_never_wait_for_the_gpu(net, mode, amp):
             scores, boxes = im_detect(model, batch[0], batch[1])
         assert scores.shape == (2, cfg.TEST.RPN_POST_NMS_TOP_N, len(CLASSES)) and boxes.device.type == 'cuda'
         assert transfers.ops == []
+
+
+def test_test_time_postprocessing_stays_on_the_device():
+    """postprocess_detections' fixed-size way (the default on CUDA): the per-class threshold, NMS and top 100
+    run without waiting for the GPU, and the detections reach the host in the one copy that follows."""
+    R, C = cfg.TEST.RPN_POST_NMS_TOP_N, len(CLASSES)
+    scores, boxes = torch.rand(R, C), torch.rand(R, 4 * C) * 500
+    with fake_cuda() as (to_cuda, transfers):
+        table = detection_table(to_cuda(scores), to_cuda(boxes), 0.05, 0.3, 100)
+        assert table.shape == (100, 7) and table.device.type == 'cuda' and transfers.ops == []
+        table.cpu()
+        assert transfers.ops == ['aten._to_copy.default to host']
 
 
 def test_gradient_clipping_stays_on_the_device():

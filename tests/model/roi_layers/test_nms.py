@@ -3,7 +3,7 @@ import pytest
 import torch
 import torchvision
 
-from lib.model.roi_layers import batched_nms, nms, nms_padded
+from lib.model.roi_layers import batched_nms, batched_nms_padded, nms, nms_padded
 
 
 def nms_reference(dets, scores, thresh):
@@ -135,6 +135,32 @@ def test_batched_nms_equals_nms_per_category(device, seed):
     expected = per_class[torch.sort(scores[per_class], stable=True, descending=True).indices]
     assert keep.tolist() == expected.tolist()
     assert len(keep) > len(nms_reference(boxes, scores, 0.4))  # categories really were kept apart
+
+
+@pytest.mark.parametrize('max_out', [0, 10, 400])
+def test_batched_nms_padded_is_batched_nms_cut_and_padded(device, max_out):
+    boxes, scores = random_boxes(150, 3, integer=True)
+    idxs = torch.randint(4, (150,), generator=torch.Generator().manual_seed(3))
+    expected = batched_nms(boxes, scores, idxs, 0.4)
+    keep, num_kept = batched_nms_padded(boxes.to(device), scores.to(device), idxs.to(device), 0.4, max_out)
+    k = min(max_out, len(expected))
+    assert keep.device.type == num_kept.device.type == device.type and keep.shape == (max_out,)
+    assert int(num_kept) == k and keep.cpu().tolist() == expected[:k].tolist() + [-1] * (max_out - k)
+
+
+def test_batched_nms_padded_leaves_the_invalid_rows_out_of_the_decisions(device):
+    """Rows outside valid scoring -inf: the valid rows keep what batched_nms keeps on them alone, first; the
+    shift of the categories comes from the valid rows (a far-away invalid box changes nothing)."""
+    boxes, scores = random_boxes(120, 4, integer=True)
+    idxs = torch.randint(3, (120,), generator=torch.Generator().manual_seed(4))
+    valid = torch.rand(120, generator=torch.Generator().manual_seed(5)) < 0.6
+    boxes[~valid.nonzero()[0]] = torch.tensor([5000., 5000., 9000., 9000.])
+    alone = torch.nonzero(valid).flatten()[batched_nms(boxes[valid], scores[valid], idxs[valid], 0.5)]
+    ranked = torch.where(valid, scores, float('-inf'))
+    keep, num_kept = batched_nms_padded(boxes.to(device), ranked.to(device), idxs.to(device), 0.5, 120,
+                                        valid=valid.to(device))
+    keep = keep.cpu()[:int(num_kept)]
+    assert keep[:len(alone)].tolist() == alone.tolist() and not valid[keep[len(alone):]].any()
 
 
 @pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
