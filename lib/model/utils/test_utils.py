@@ -145,7 +145,7 @@ def postprocess_detections(scores, boxes, thresh=0.0, nms_thresh=0.3, max_per_im
         list of C float32 arrays [N_j, 5] (x1, y1, x2, y2, score), sorted by decreasing score; entry 0 is empty.
     """
     from lib.model.roi_layers import batched_nms
-    R, C = scores.shape
+    C = scores.shape[1]
     if padded is None:
         padded = scores.is_cuda and max_per_image > 0
     if padded:

@@ -16,8 +16,8 @@ from glob import glob
 
 import pytest
 
-ROOT = osp.dirname(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
-CSRC = osp.join(ROOT, 'lib', 'model', 'csrc')
+from emu_build import ASAN_ENV, CSRC, ROOT
+
 HERE = osp.dirname(osp.abspath(__file__))
 
 # The op test files whose CPU tests run against the statically linked build: their bad-input tests assert the
@@ -59,7 +59,7 @@ def test_messages_with_a_private_cxx_runtime(tmp_path):
     build = osp.join(ROOT, 'build', 'static_libstdcxx')
     os.makedirs(build, exist_ok=True)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, HERE, os.environ.get('PYTHONPATH', '')]))
-    env.pop('FASTER_RCNN_EMU_ASAN', None)
+    env.pop(ASAN_ENV, None)
     run = subprocess.run([sys.executable, '-c', SCRIPT, ','.join(sources), build,
                           *[osp.join(HERE, name) for name in TEST_FILES]],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
