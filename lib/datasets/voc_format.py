@@ -292,11 +292,13 @@ class voc_format(imdb):
         """<results dir>/<comp_id>_det_<image_set>_{:s}.txt (the class name goes in the braces)."""
         return osp.join(self._results_dir_for(output_dir), f'{self._get_comp_id()}_det_{self._image_set}_{{:s}}.txt')
 
-    def _write_voc_results_file(self, all_boxes, output_dir=None):
-        """One file per class: lines 'image_id score x1 y1 x2 y2' with 1-based coordinates, as VOCdevkit wants."""
+    def _write_voc_results_file(self, all_boxes, output_dir=None, template=None):
+        """One file per class: lines 'image_id score x1 y1 x2 y2' with 1-based coordinates, as VOCdevkit wants.
+        ``template`` (with '{:s}' for the class) defaults to _get_voc_results_file_template(output_dir)."""
         if len(all_boxes) != self.num_classes:
             raise ValueError(f'{self.name}: all_boxes has {len(all_boxes)} classes, expected {self.num_classes}')
-        template = self._get_voc_results_file_template(output_dir)
+        if template is None:
+            template = self._get_voc_results_file_template(output_dir)
         for cls_ind, cls in enumerate(self._classes):
             if cls == BACKGROUND:
                 continue
@@ -325,14 +327,22 @@ class voc_format(imdb):
              'pr_curves': {cls: {'rec', 'prec'}}}. A class with no non-difficult gt box has AP None and is left
             out of the means.
         """
-        template = self._write_voc_results_file(all_boxes, output_dir)
+        final = self._get_voc_results_file_template(output_dir)
+        # This run writes and evaluates files of its own, then (competition mode) renames them to the shared names.
+        # The original wrote the shared names and read them back: in competition mode, which its test_net turns
+        # on, two runs evaluating at once on one dataset (several checkpoints) read each other's detections.
+        private = f'{final}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp'
+        self._write_voc_results_file(all_boxes, output_dir, template=private)
         try:
-            return self._do_python_eval(template, output_dir)
-        finally:
-            if self.config['cleanup']:
+            result = self._do_python_eval(private, output_dir)
+            if not self.config['cleanup']:
                 for cls in self._classes[1:]:
-                    if osp.isfile(template.format(cls)):
-                        os.remove(template.format(cls))
+                    os.replace(private.format(cls), final.format(cls))
+            return result
+        finally:
+            for cls in self._classes[1:]:
+                if osp.isfile(private.format(cls)):
+                    os.remove(private.format(cls))
 
     def _do_python_eval(self, template, output_dir=None):
         annopath = osp.join(self._data_path, 'Annotations', '{:s}.xml')

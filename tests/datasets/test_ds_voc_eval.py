@@ -174,6 +174,31 @@ def test_results_files_are_one_based_in_competition_mode(make_voc):
         imdb.evaluate_detections([[dets]], None)
 
 
+def test_runs_evaluating_at_once_in_competition_mode_each_read_their_own_detections(make_voc):
+    """test_net turns competition mode on (unsalted comp4_det_<split>_<cls>.txt names, as the original): a second
+    run writing those names while the first evaluates must not change the first one's AP (it did: two test_net
+    runs on two checkpoints printed the same table)."""
+    root = make_voc([('a', 30, 30, [('dog', 3, 4, 12, 20)])], split='test', classes=['dog'])
+    good = [[[]], [np.array([[2, 3, 11, 19, 0.75]], np.float32)]]
+    bad = [[[]], [np.array([[20, 20, 28, 28, 0.9]], np.float32)]]
+    first, second = voc_format('test', root), voc_format('test', root)
+    first.competition_mode(True)
+    second.competition_mode(True)
+    real_eval = first._do_python_eval
+    seen = {}
+
+    def eval_after_the_other_run_wrote(template, output_dir=None):
+        seen['second'] = second.evaluate_detections(bad, None)['mAP']   # writes the shared names meanwhile
+        return real_eval(template, output_dir)
+    first._do_python_eval = eval_after_the_other_run_wrote
+    assert first.evaluate_detections(good, None)['mAP'] == pytest.approx(1.0)
+    assert seen['second'] == pytest.approx(0.0)
+    results = os.path.join(os.path.dirname(root), 'results', 'VOC2007', 'Main')
+    assert os.listdir(results) == ['comp4_det_test_dog.txt']   # the last run's file, no temporary left
+    with open(os.path.join(results, 'comp4_det_test_dog.txt')) as f:
+        assert f.read() == 'a 0.750 3.0 4.0 12.0 20.0\n'
+
+
 def test_image_set_lines_are_read_by_their_first_word_as_in_training(make_voc):
     """VOC's <class>_<split>.txt files add a column ('a  1'): training reads the first word, so must evaluation."""
     root = make_voc([('a', 30, 30, [('dog', 3, 4, 12, 20)]), ('b', 30, 30, [('dog', 1, 1, 9, 9)])], split='test',
