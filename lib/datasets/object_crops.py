@@ -44,7 +44,11 @@ def _cut(im, squares, out_size):
         padded, done = im, 0
         while done < pad:
             step = min(pad - done, min(padded.shape[:2]) - 1)
-            padded = cv2.copyMakeBorder(padded, step, step, step, step, cv2.BORDER_REFLECT_101)
+            if step < 1:  # a 1-pixel-wide image has nothing to mirror: repeat its edge
+                padded = cv2.copyMakeBorder(padded, 1, 1, 1, 1, cv2.BORDER_REPLICATE)
+                step = 1
+            else:
+                padded = cv2.copyMakeBorder(padded, step, step, step, step, cv2.BORDER_REFLECT_101)
             done += step
         im = padded
     out = np.empty((len(boxes), out_size, out_size, 3), np.uint8)

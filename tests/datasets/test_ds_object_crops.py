@@ -61,6 +61,15 @@ def test_crops_past_the_border_mirror_the_image(tmp_path):
     assert _is_red(crops[0]).all()  # the image is all box, so its mirror images are red too
 
 
+def test_a_one_pixel_wide_image_is_padded_by_repeating_it(tmp_path):
+    # nothing to mirror in a 1-pixel-wide image (reflection would loop for ever): its edge is repeated
+    path = _image(tmp_path, 'a', 20, 1, [(0, 5, 0, 14)])
+    crops, labels = object_crops([_entry(path, [(0, 5, 0, 14)], [1])], target_size=1, max_size=1000, crop_size=16,
+                                 bg_per_image=0)
+    assert crops.shape == (1, 20, 20, 3) and labels.tolist() == [1]
+    assert _is_red(crops[0, 8:12, 8:12]).all()
+
+
 def test_flipped_entries_are_read_mirrored(tmp_path):
     # a flipped roidb entry holds mirrored boxes (imdb.append_flipped_images): its crop is the mirror of the
     # unflipped one
