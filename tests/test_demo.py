@@ -14,10 +14,7 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..'))
 sys.path.insert(0, os.path.join(ROOT, 'tools'))
 import demo  # noqa: E402
 
-TINY_SET = ['TRAIN.SCALES', '[96]', 'TRAIN.MAX_SIZE', '160', 'TEST.SCALES', '[96]', 'TEST.MAX_SIZE', '160',
-            'TRAIN.BATCH_SIZE', '16', 'TRAIN.RPN_BATCHSIZE', '32', 'TRAIN.RPN_PRE_NMS_TOP_N', '300',
-            'TRAIN.RPN_POST_NMS_TOP_N', '40', 'TEST.RPN_PRE_NMS_TOP_N', '300', 'TEST.RPN_POST_NMS_TOP_N', '30',
-            'POOLING_SIZE', '4']
+from tiny_run import TINY_SET  # noqa: E402
 
 
 @pytest.fixture(scope='module')

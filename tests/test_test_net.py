@@ -13,12 +13,9 @@ from lib.model.utils.config import cfg, reset_cfg
 from lib.model.utils.script_utils import build_detector, guess_net
 from lib.model.utils.test_utils import (load_detections, load_model_weights, postprocess_detections,
                                         save_detections)
+from tiny_run import TINY_SET
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..'))
-TINY_SET = ['TRAIN.SCALES', '[96]', 'TRAIN.MAX_SIZE', '160', 'TEST.SCALES', '[96]', 'TEST.MAX_SIZE', '160',
-            'TRAIN.BATCH_SIZE', '16', 'TRAIN.RPN_BATCHSIZE', '32', 'TRAIN.RPN_PRE_NMS_TOP_N', '300',
-            'TRAIN.RPN_POST_NMS_TOP_N', '40', 'TEST.RPN_PRE_NMS_TOP_N', '300', 'TEST.RPN_POST_NMS_TOP_N', '30',
-            'POOLING_SIZE', '4']
 
 
 # ------------------------------------------------------------------------------------------------ post-processing

@@ -16,16 +16,9 @@ from lib.model.utils.checkpoint import load_checkpoint
 from lib.model.utils.config import cfg, reset_cfg
 from lib.model.utils.script_utils import setup_cfg
 from lib.model.utils.train_utils import StopRequest
+from tiny_run import TINY_SET
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..'))
-
-# A tiny, fast configuration layered over cfgs/shapes_cpu.yml: small images, few anchors and rois; the runs start
-# from scratch (--weights none), so BatchNorm trains and no block is fixed.
-TINY_SET = ['TRAIN.BN_TRAIN', 'True', 'RESNET.FIXED_BLOCKS', '0',
-            'TRAIN.SCALES', '[96]', 'TRAIN.MAX_SIZE', '160', 'TEST.SCALES', '[96]', 'TEST.MAX_SIZE', '160',
-            'TRAIN.BATCH_SIZE', '16', 'TRAIN.RPN_BATCHSIZE', '32', 'TRAIN.RPN_PRE_NMS_TOP_N', '300',
-            'TRAIN.RPN_POST_NMS_TOP_N', '40', 'TEST.RPN_PRE_NMS_TOP_N', '300', 'TEST.RPN_POST_NMS_TOP_N', '30',
-            'POOLING_SIZE', '4']
 
 
 @pytest.fixture(scope='module')
