@@ -17,21 +17,11 @@ BORDER_REFLECT_101). Crops are BGR uint8 like the images, so `blob.normalize_ima
 """
 import cv2
 import numpy as np
+import torch
 
+from lib.model.rpn.bbox_transform import bbox_overlaps
 from lib.model.utils.blob import im_scale_for, read_image, resize_image
 from lib.roi_data_layer.minibatch import gt_indices
-
-
-def _iou_with(square, boxes):
-    """IoU of one [x1, y1, x2, y2] square with boxes [G, 4] (continuous coordinates)."""
-    if len(boxes) == 0:
-        return np.zeros(0)
-    iw = np.clip(np.minimum(square[2], boxes[:, 2]) - np.maximum(square[0], boxes[:, 0]), 0, None)
-    ih = np.clip(np.minimum(square[3], boxes[:, 3]) - np.maximum(square[1], boxes[:, 1]), 0, None)
-    inter = iw * ih
-    area = (square[2] - square[0]) * (square[3] - square[1])
-    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    return inter / (area + areas - inter)
 
 
 def _cut(im, squares, out_size):
@@ -99,13 +89,17 @@ def object_crops(roidb, target_size, max_size=None, crop_size=64, margin=1.25, c
             squares.append(((b[0] + b[2]) / 2, (b[1] + b[3]) / 2, side * margin))
             labs.append(int(c))
         hi = max(min_side * 1.01, bg_max_frac * min(h, w))
+        tries = []
         for _ in range(bg_per_image):
             side = float(np.exp(rng.uniform(np.log(min_side), np.log(hi))))
             cx, cy = rng.uniform(0, w), rng.uniform(0, h)
-            square = np.array([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2])
-            iou = _iou_with(square, boxes)
-            if len(iou) and iou.max() > bg_max_iou:
-                continue
+            tries.append((cx, cy, side))
+        if tries and len(boxes):
+            # bbox_overlaps counts pixels inclusively: (x1, y1, x2 - 1, y2 - 1) gives the continuous IoU
+            corners = np.array([(cx - s / 2, cy - s / 2, cx + s / 2 - 1, cy + s / 2 - 1) for cx, cy, s in tries])
+            iou = bbox_overlaps(torch.from_numpy(corners), torch.from_numpy(boxes - [0, 0, 1, 1])).numpy()
+            tries = [t for t, best in zip(tries, iou.max(axis=1)) if best <= bg_max_iou]
+        for cx, cy, side in tries:
             squares.append((cx, cy, side * margin))
             labs.append(0)
         if squares:

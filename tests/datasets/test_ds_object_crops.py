@@ -3,7 +3,7 @@ import cv2
 import numpy as np
 import pytest
 
-from lib.datasets.object_crops import _iou_with, object_crops
+from lib.datasets.object_crops import object_crops
 
 RED = (0, 0, 255)  # BGR
 
@@ -136,9 +136,3 @@ def test_bad_sizes_are_refused(tmp_path):
         object_crops([], 100, crop_size=4)
     with pytest.raises(ValueError, match='margin must be >= 1'):
         object_crops([], 100, margin=0.9)
-
-
-def test_iou_of_a_square_with_boxes():
-    boxes = np.array([[0, 0, 10, 10], [5, 5, 15, 15], [20, 20, 30, 30]], float)
-    np.testing.assert_allclose(_iou_with(np.array([0, 0, 10, 10.]), boxes), [1.0, 25 / 175, 0.0])
-    assert _iou_with(np.array([0, 0, 1, 1.]), np.zeros((0, 4))).shape == (0,)

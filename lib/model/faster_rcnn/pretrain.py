@@ -17,10 +17,10 @@ import torch
 from torch import nn
 
 from lib.model.utils.blob import normalize_image
-from .resnet import build_resnet
+from .resnet import RESNET_LAYERS, build_resnet
 from .weights import FORMAT_KEY
 
-PRETRAIN_NETS = {'res18': 18, 'res34': 34, 'res50': 50, 'res101': 101, 'res152': 152}
+PRETRAIN_NETS = {f'res{depth}': depth for depth in RESNET_LAYERS}   # --net name -> depth
 
 
 def build_classifier(net, num_classes):
