@@ -2,9 +2,10 @@
 // 1. nms_mask_kernel: for the score-sorted boxes, bit j of mask[i][w] says box 64w + j (later than i) has
 //    IoU > threshold with box i (64 x 64 tiles, one 64-bit word per thread).
 // 2. nms_sweep_kernel: one block replays the greedy pass over the mask 64 boxes at a time: warp 0 resolves
-//    which boxes of word w survive (a serial walk over the tile's diagonal words, broadcast by shuffles), then
-//    the whole block ORs the kept rows into the running "removed" bitmap. Kept indices are written directly,
-//    so nothing but the final count (one int64, and only for the variable-size nms) crosses to the host.
+//    which boxes of word w survive (a serial walk over the tile's diagonal words, broadcast by shuffles) while
+//    the other warps OR the rows kept in word w - 1 into the running "removed" bitmap of the words after w;
+//    one block barrier per word. Kept indices are written directly, so nothing but the final count (one
+//    int64, and only for the variable-size nms) crosses to the host.
 #include <torch/library.h>
 
 #include <limits>
@@ -72,14 +73,20 @@ __global__ void nms_mask_kernel(int64_t n, int64_t num_words, const scalar_t* __
   }
 }
 
+// The greedy pass, pipelined so that only warp 0's work is on the critical path. At the start of step `word`,
+// removed[w] (w >= word) holds the suppressions by every box kept in the words before word - 1, and the rows of
+// the boxes kept in word - 1 are in s_rows[(word - 1) & 1]. In one step, with one block barrier:
+// - warp 0 ORs those rows' bits for this word into removed[word], resolves which boxes of the word survive (a
+//   serial walk over the diagonal words, broadcast by shuffles) and writes their indices and rows;
+// - the other warps OR the same rows into every later word, so that removed[] holds them by the next step.
 __global__ void nms_sweep_kernel(int64_t n, int64_t num_words, const unsigned long long* __restrict__ mask,
                                  const int64_t* __restrict__ order, int64_t max_out, int64_t* __restrict__ keep,
                                  int64_t* __restrict__ num_kept, unsigned long long* removed_global) {
   extern __shared__ unsigned long long removed_shared[];
   unsigned long long* removed = removed_global != nullptr ? removed_global : removed_shared;
   __shared__ int64_t s_count;
-  __shared__ int s_block_kept;
-  __shared__ int64_t s_kept_rows[kBoxesPerWord];
+  __shared__ int s_num_rows[2];
+  __shared__ int64_t s_rows[2][kBoxesPerWord];  // double-buffered: written in one step, read in the next
   if (removed_global == nullptr) {
     for (int64_t w = threadIdx.x; w < num_words; w += blockDim.x) {
       removed[w] = 0;
@@ -87,9 +94,10 @@ __global__ void nms_sweep_kernel(int64_t n, int64_t num_words, const unsigned lo
   }
   if (threadIdx.x == 0) {
     s_count = 0;
+    s_num_rows[1] = 0;  // no word before the first
   }
   // Diagonal words (which later boxes of a word each box of that word suppresses) do not depend on the
-  // sweep's state, so warp 0 loads the next word's while the block works on the current one.
+  // sweep's state, so warp 0 loads the next word's while it works on the current one.
   const int lane = threadIdx.x & 31;
   const auto load_diagonal = [&](int64_t word, unsigned long long& lo, unsigned long long& hi) {
     const int64_t base = word * kBoxesPerWord;
@@ -103,13 +111,23 @@ __global__ void nms_sweep_kernel(int64_t n, int64_t num_words, const unsigned lo
   }
   __syncthreads();
   for (int64_t word = 0; word < num_words; ++word) {
+    const int cur = static_cast<int>(word & 1), prev = cur ^ 1;
+    const int num_prev = s_num_rows[prev];
+    const int64_t* prev_rows = s_rows[prev];
     if (threadIdx.x < 32) {
       const int64_t base = word * kBoxesPerWord;
       const int rows = static_cast<int>(min(n - base, int64_t(kBoxesPerWord)));
       const unsigned long long diag_lo = next_lo, diag_hi = next_hi;
       load_diagonal(word + 1, next_lo, next_hi);
+      unsigned long long bits = 0;
+      for (int k = lane; k < num_prev; k += 32) {
+        bits |= mask[prev_rows[k] * num_words + word];
+      }
+      for (int offset = 16; offset > 0; offset >>= 1) {
+        bits |= __shfl_xor_sync(0xffffffffu, bits, offset);
+      }
       const unsigned long long valid = rows == kBoxesPerWord ? ~0ULL : (1ULL << rows) - 1;
-      unsigned long long rem = *reinterpret_cast<volatile unsigned long long*>(&removed[word]);
+      unsigned long long rem = removed[word] | bits;
       const int64_t count = s_count;
       const int64_t room = max_out - count;
       // Every lane runs the same walk (uniform control flow), visiting only the boxes that survive.
@@ -130,33 +148,39 @@ __global__ void nms_sweep_kernel(int64_t n, int64_t num_words, const unsigned lo
         if ((kept >> b) & 1ULL) {
           const int pos = __popcll(kept & ((1ULL << b) - 1));
           keep[count + pos] = order[base + b];
-          s_kept_rows[pos] = base + b;
+          s_rows[cur][pos] = base + b;
         }
       }
       __syncwarp();
       if (lane == 0) {
         s_count = count + num_block_kept;
-        s_block_kept = num_block_kept;
+        s_num_rows[cur] = num_block_kept;
+      }
+    } else if (num_prev > 0) {
+      // OR the previous word's kept rows into the words after this one. Each thread takes later words and a
+      // slice of the rows (more slices when fewer words are left), so its loads are few and independent.
+      // (num_words <= 65535, so 32-bit index math suffices.)
+      const int later = static_cast<int>(num_words - word - 1);
+      const int workers = static_cast<int>(blockDim.x) - 32;
+      const int u = static_cast<int>(threadIdx.x) - 32;
+      const int span = min(later, workers);  // neighbouring threads take neighbouring words: coalesced loads
+      const int slices = workers / max(span, 1);
+      const int slice = span > 0 ? u / span : slices;
+      for (int w = span > 0 ? u % span : later; slice < slices && w < later; w += span) {
+        const int64_t col = word + 1 + w;
+        unsigned long long bits = 0;
+        for (int k = slice; k < num_prev; k += slices) {
+          bits |= mask[prev_rows[k] * num_words + col];
+        }
+        if (bits != 0) {
+          atomicOr(&removed[col], bits);
+        }
       }
     }
     __syncthreads();
-    const int block_kept = s_block_kept;
     if (s_count >= max_out) {
       break;
     }
-    // OR the rows of this word's kept boxes into the removed bits of every later word.
-    // (num_words <= 65535 and block_kept <= 64, so 32-bit index math suffices.)
-    const int later = static_cast<int>(num_words - word - 1);
-    const int items = later * block_kept;
-    for (int item = threadIdx.x; item < items; item += blockDim.x) {
-      const int k = item / later;
-      const int64_t w = word + 1 + item % later;
-      const unsigned long long bits = mask[s_kept_rows[k] * num_words + w];
-      if (bits != 0) {
-        atomicOr(&removed[w], bits);
-      }
-    }
-    __syncthreads();
   }
   if (threadIdx.x == 0) {
     *num_kept = s_count;
