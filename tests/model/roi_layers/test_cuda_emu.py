@@ -66,6 +66,14 @@ def test_shuffle_reads_the_source_lane_of_its_own_warp(emu):
     torch.testing.assert_close(out, values[lanes // 32 * 32 + (lanes % 32 + 5) % 32], rtol=0, atol=0)
 
 
+@pytest.mark.parametrize('lane_mask', [1, 6, 16, 31])
+def test_xor_shuffle_reads_the_butterfly_partner_of_its_own_warp(emu, lane_mask):
+    values = torch.arange(64) * 7 + 3
+    out = emu.selftest_shfl_xor(values, lane_mask)
+    lanes = torch.arange(64)
+    torch.testing.assert_close(out, values[lanes // 32 * 32 + (lanes % 32) ^ lane_mask], rtol=0, atol=0)
+
+
 @pytest.mark.parametrize('schedule', SCHEDULES)
 def test_barrier_orders_shared_memory_and_a_missing_one_shows(emu, schedule):
     emu.configure(schedule=schedule)

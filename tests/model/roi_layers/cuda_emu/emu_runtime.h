@@ -423,6 +423,12 @@ T __shfl_sync(unsigned int mask, T value, int src_lane, int width = 32) {
   return out;
 }
 
+// lane i reads lane i ^ lane_mask's value (a butterfly, as the warp reductions use it)
+template <typename T>
+T __shfl_xor_sync(unsigned int mask, T value, int lane_mask, int width = 32) {
+  return __shfl_sync(mask, value, (::emu::block().current->linear % 32) ^ lane_mask, width);
+}
+
 inline int __ffsll(long long x) { return __builtin_ffsll(x); }
 inline int __popcll(unsigned long long x) { return __builtin_popcountll(x); }
 inline float __fmul_rn(float a, float b) { return a * b; }
