@@ -262,6 +262,15 @@ def test_bad_inputs_are_refused_with_the_cuda_messages(emu):
                              1.0, 2, 2)
     with pytest.raises(RuntimeError, match=r'nms: expected dets of shape \[N, 4\]'):
         emu.nms(torch.zeros(3, 5), torch.zeros(3), 0.5)
+    # the kernels index a feature plane in 32 bits: a larger plane is refused (an expanded view, no memory)
+    huge = torch.zeros(1, 1, 1, 1).expand(1, 1, 65536, 32768)
+    too_big = 'expected a feature map of at most 2\\^31 - 1 cells per channel on CUDA, got 65536 x 32768'
+    with pytest.raises(RuntimeError, match='roi_pool_forward: ' + too_big):
+        emu.roi_pool_forward(huge, torch.zeros(1, 5), 1.0, 2, 2)
+    with pytest.raises(RuntimeError, match='roi_align_forward: ' + too_big):
+        emu.roi_align_forward(huge, torch.zeros(1, 5), 1.0, 2, 2, 0)
+    with pytest.raises(RuntimeError, match='roi_align_backward: ' + too_big):
+        emu.roi_align_backward(torch.zeros(1, 1, 2, 2), torch.zeros(1, 5), 1.0, 2, 2, 1, 1, 65536, 32768, 0)
 
 
 def _runtime_library(name):

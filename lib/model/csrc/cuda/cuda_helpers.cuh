@@ -53,19 +53,28 @@ __device__ inline index_t grid_stride() {
 // Where element `index` of a pooled [K, C, PH, PW] tensor lies: roi n, channel c, bin (ph, pw). The divisions
 // are done in index_t (32-bit where the launch allows it, several times cheaper than 64-bit on the GPU).
 struct PooledCell {
-  int64_t n, c, ph, pw;
+  int64_t n, c;
+  int ph, pw;
 };
 
 template <typename index_t>
 __device__ inline PooledCell pooled_cell(index_t index, int64_t channels, int64_t pooled_height,
                                          int64_t pooled_width) {
   PooledCell cell;
-  cell.pw = index % static_cast<index_t>(pooled_width);
-  cell.ph = (index / static_cast<index_t>(pooled_width)) % static_cast<index_t>(pooled_height);
+  cell.pw = static_cast<int>(index % static_cast<index_t>(pooled_width));
+  cell.ph = static_cast<int>((index / static_cast<index_t>(pooled_width)) % static_cast<index_t>(pooled_height));
   const index_t plane_index = index / static_cast<index_t>(pooled_width * pooled_height);
   cell.c = plane_index % static_cast<index_t>(channels);
   cell.n = plane_index / static_cast<index_t>(channels);
   return cell;
+}
+
+// The kernels index within one feature plane in 32 bits (a 64-bit multiply is several instructions on the GPU,
+// and the pooling kernels do one per sample); the plane's own offset stays 64-bit.
+inline void check_plane_size(int64_t height, int64_t width, const char* op) {
+  FRCNN_CHECK(height * width <= std::numeric_limits<int32_t>::max(), op,
+              ": expected a feature map of at most 2^31 - 1 cells per channel on CUDA, got ", height, " x ",
+              width);
 }
 
 // The zeroed buffer a backward kernel adds its gradients into with atomics: float for half/bfloat16/float,

@@ -1,5 +1,6 @@
 // Bilinear RoIAlign (aligned=False) on the GPU, forward and backward, with the geometry of
-// cpu/roi_align_cpu.cpp. One thread per output cell; half/bfloat16 are computed in float and the backward
+// cpu/roi_align_cpu.cpp. One thread per output cell, 32-bit indices within a feature plane (the sample loop's
+// index math is the kernels' hot path); half/bfloat16 are computed in float and the backward
 // scatters into a float (double for double) buffer with atomics, cast to the input's dtype at the end.
 // A roi whose batch index is out of range yields zeros (checking it on the host would need a sync).
 #include <ATen/Context.h>
@@ -15,20 +16,20 @@ namespace faster_rcnn {
 namespace {
 
 struct Bilinear {
-  int64_t y_low, x_low, y_high, x_high;
+  int y_low, x_low, y_high, x_high;
 };
 
 // Weights of the 4 neighbours of (y, x); false when the sample is outside the map's 1-cell margin.
 template <typename acc_t>
-__device__ inline bool bilinear_weights(int64_t height, int64_t width, acc_t y, acc_t x, Bilinear& p, acc_t& w1,
+__device__ inline bool bilinear_weights(int height, int width, acc_t y, acc_t x, Bilinear& p, acc_t& w1,
                                         acc_t& w2, acc_t& w3, acc_t& w4) {
   if (y < acc_t(-1) || y > static_cast<acc_t>(height) || x < acc_t(-1) || x > static_cast<acc_t>(width)) {
     return false;
   }
   y = max(y, acc_t(0));
   x = max(x, acc_t(0));
-  p.y_low = static_cast<int64_t>(y);
-  p.x_low = static_cast<int64_t>(x);
+  p.y_low = static_cast<int>(y);
+  p.x_low = static_cast<int>(x);
   if (p.y_low >= height - 1) {
     p.y_high = p.y_low = height - 1;
     y = static_cast<acc_t>(p.y_low);
@@ -83,8 +84,8 @@ __device__ inline RoiBin<scalar_t, acc_t> roi_bin(const scalar_t* roi, double sp
 // Calls f(neighbours, w1, w2, w3, w4) for every sample point of bin (ph, pw) of roi r that lies on the map, with
 // the bilinear weights of its four neighbours (the forward reads them, the backward scatters into them).
 template <typename scalar_t, typename acc_t, typename F>
-__device__ inline void for_each_sample(const RoiBin<scalar_t, acc_t>& r, int64_t ph, int64_t pw, int64_t height,
-                                       int64_t width, const F& f) {
+__device__ inline void for_each_sample(const RoiBin<scalar_t, acc_t>& r, int ph, int pw, int height, int width,
+                                       const F& f) {
   for (int64_t iy = 0; iy < r.grid_h; ++iy) {
     const acc_t y = r.start_h + ph * r.bin_h + (iy + acc_t(.5)) * r.bin_h / static_cast<acc_t>(r.grid_h);
     for (int64_t ix = 0; ix < r.grid_w; ++ix) {
@@ -101,7 +102,7 @@ __device__ inline void for_each_sample(const RoiBin<scalar_t, acc_t>& r, int64_t
 template <typename scalar_t, typename acc_t, typename index_t>
 __global__ void roi_align_forward_kernel(index_t total, const scalar_t* __restrict__ input,
                                          const scalar_t* __restrict__ rois, double spatial_scale,
-                                         int64_t batch_size, int64_t channels, int64_t height, int64_t width,
+                                         int64_t batch_size, int64_t channels, int height, int width,
                                          int64_t pooled_height, int64_t pooled_width, int64_t sampling_ratio,
                                          scalar_t* __restrict__ output) {
   for (index_t index = grid_start<index_t>(); index < total; index += grid_stride<index_t>()) {
@@ -125,7 +126,7 @@ __global__ void roi_align_forward_kernel(index_t total, const scalar_t* __restri
 template <typename scalar_t, typename acc_t, typename index_t>
 __global__ void roi_align_backward_kernel(index_t total, const scalar_t* __restrict__ grad,
                                           const scalar_t* __restrict__ rois, double spatial_scale,
-                                          int64_t batch_size, int64_t channels, int64_t height, int64_t width,
+                                          int64_t batch_size, int64_t channels, int height, int width,
                                           int64_t pooled_height, int64_t pooled_width, int64_t sampling_ratio,
                                           acc_t* __restrict__ grad_input) {
   for (index_t index = grid_start<index_t>(); index < total; index += grid_stride<index_t>()) {
@@ -157,11 +158,14 @@ at::Tensor roi_align_forward_cuda(const at::Tensor& input_, const at::Tensor& ro
   check_sampling_ratio(sampling_ratio, op);
   check_cuda_tensor(input_, "input", op);
   const c10::cuda::CUDAGuard guard(input_.device());
+  check_plane_size(input_.size(2), input_.size(3), op);
   const int64_t num_rois = rois_.size(0), channels = input_.size(1);
-  at::Tensor output = at::zeros({num_rois, channels, pooled_height, pooled_width}, input_.options());
-  if (output.numel() == 0 || input_.numel() == 0) {
-    return output;  // no roi, or an empty feature map: every sample lies outside it (the CPU kernel gives 0 too)
+  if (num_rois * channels * pooled_height * pooled_width == 0 || input_.numel() == 0) {
+    // no roi, or an empty feature map: every sample lies outside it (the CPU kernel gives 0 too)
+    return at::zeros({num_rois, channels, pooled_height, pooled_width}, input_.options());
   }
+  // The kernel writes every cell, so no fill is needed (it would cost a pass over the output).
+  at::Tensor output = at::empty({num_rois, channels, pooled_height, pooled_width}, input_.options());
   const at::Tensor input = input_.contiguous();
   const at::Tensor rois = rois_.contiguous();
   const int64_t total = output.numel();
@@ -172,8 +176,8 @@ at::Tensor roi_align_forward_cuda(const at::Tensor& input_, const at::Tensor& ro
       using index_t = decltype(index_zero);
       roi_align_forward_kernel<scalar_t, acc_t, index_t><<<blocks_for(total), kThreadsPerBlock, 0, stream>>>(
           static_cast<index_t>(total), input.data_ptr<scalar_t>(), rois.data_ptr<scalar_t>(), spatial_scale,
-          input.size(0), channels, input.size(2), input.size(3), pooled_height, pooled_width, sampling_ratio,
-          output.data_ptr<scalar_t>());
+          input.size(0), channels, static_cast<int>(input.size(2)), static_cast<int>(input.size(3)), pooled_height,
+          pooled_width, sampling_ratio, output.data_ptr<scalar_t>());
     });
   });
   return output;
@@ -187,6 +191,7 @@ at::Tensor roi_align_backward_cuda(const at::Tensor& grad_, const at::Tensor& ro
                             height, width, op);
   check_sampling_ratio(sampling_ratio, op);
   check_cuda_tensor(grad_, "grad", op);
+  check_plane_size(height, width, op);
   // gradients are summed with atomicAdd: warn (or fail) under torch.use_deterministic_algorithms
   at::globalContext().alertNotDeterministic("roi_align_backward_cuda");
   const c10::cuda::CUDAGuard guard(grad_.device());
@@ -204,8 +209,8 @@ at::Tensor roi_align_backward_cuda(const at::Tensor& grad_, const at::Tensor& ro
       using index_t = decltype(index_zero);
       roi_align_backward_kernel<scalar_t, acc_t, index_t><<<blocks_for(total), kThreadsPerBlock, 0, stream>>>(
           static_cast<index_t>(total), grad.data_ptr<scalar_t>(), rois.data_ptr<scalar_t>(), spatial_scale,
-          batch_size, channels, height, width, pooled_height, pooled_width, sampling_ratio,
-          grad_acc.data_ptr<acc_t>());
+          batch_size, channels, static_cast<int>(height), static_cast<int>(width), pooled_height, pooled_width,
+          sampling_ratio, grad_acc.data_ptr<acc_t>());
     });
   });
   return grad_acc.to(grad_.scalar_type());

@@ -1,6 +1,7 @@
 // Caffe max RoI pooling on the GPU, forward and backward, with the same geometry as cpu/roi_pool_cpu.cpp
 // (corners scaled in double and rounded half away from zero, so CPU and GPU pick the same cells).
-// One thread per output cell; half/bfloat16 are compared in float and the backward accumulates in float.
+// One thread per output cell, 32-bit geometry within a feature plane; half/bfloat16 are compared in float and
+// the backward accumulates in float.
 // A roi whose batch index is out of range yields zeros (checking it on the host would need a sync).
 #include <ATen/Context.h>
 #include <torch/library.h>
@@ -20,39 +21,47 @@ __device__ inline int64_t roi_batch(const scalar_t* roi, int64_t batch_size) {
   return (b >= 0 && b < static_cast<double>(batch_size)) ? static_cast<int64_t>(b) : -1;
 }
 
+// A roi corner in cells: scaled in double and rounded half away from zero, as the CPU kernel does. It is
+// clamped to +-2^28 cells first, which no feature map comes near, so the 32-bit geometry cannot overflow.
+template <typename scalar_t>
+__device__ inline int roi_corner(scalar_t v, double spatial_scale) {
+  const double cell = ::round(static_cast<double>(v) * spatial_scale);
+  return static_cast<int>(fmin(fmax(cell, -268435456.0), 268435456.0));
+}
+
 template <typename scalar_t, typename acc_t, typename index_t>
 __global__ void roi_pool_forward_kernel(index_t total, const scalar_t* __restrict__ input,
                                         const scalar_t* __restrict__ rois, double spatial_scale,
-                                        int64_t batch_size, int64_t channels, int64_t height, int64_t width,
+                                        int64_t batch_size, int64_t channels, int height, int width,
                                         int64_t pooled_height, int64_t pooled_width, scalar_t* __restrict__ output,
                                         int32_t* __restrict__ argmax) {
   for (index_t index = grid_start<index_t>(); index < total; index += grid_stride<index_t>()) {
     const auto [n, c, ph, pw] = pooled_cell(index, channels, pooled_height, pooled_width);
     const scalar_t* roi = rois + n * 5;
     const int64_t b = roi_batch(roi, batch_size);
-    const int64_t roi_start_w = llround(static_cast<double>(roi[1]) * spatial_scale);
-    const int64_t roi_start_h = llround(static_cast<double>(roi[2]) * spatial_scale);
-    const int64_t roi_end_w = llround(static_cast<double>(roi[3]) * spatial_scale);
-    const int64_t roi_end_h = llround(static_cast<double>(roi[4]) * spatial_scale);
-    const int64_t roi_width = max(roi_end_w - roi_start_w + 1, int64_t(1));
-    const int64_t roi_height = max(roi_end_h - roi_start_h + 1, int64_t(1));
+    const int roi_start_w = roi_corner(roi[1], spatial_scale);
+    const int roi_start_h = roi_corner(roi[2], spatial_scale);
+    const int roi_end_w = roi_corner(roi[3], spatial_scale);
+    const int roi_end_h = roi_corner(roi[4], spatial_scale);
+    const int roi_width = max(roi_end_w - roi_start_w + 1, 1);
+    const int roi_height = max(roi_end_h - roi_start_h + 1, 1);
     const acc_t bin_h = static_cast<acc_t>(roi_height) / static_cast<acc_t>(pooled_height);
     const acc_t bin_w = static_cast<acc_t>(roi_width) / static_cast<acc_t>(pooled_width);
-    int64_t hstart = static_cast<int64_t>(dev_floor(static_cast<acc_t>(ph) * bin_h));
-    int64_t wstart = static_cast<int64_t>(dev_floor(static_cast<acc_t>(pw) * bin_w));
-    int64_t hend = static_cast<int64_t>(dev_ceil(static_cast<acc_t>(ph + 1) * bin_h));
-    int64_t wend = static_cast<int64_t>(dev_ceil(static_cast<acc_t>(pw + 1) * bin_w));
-    hstart = min(max(hstart + roi_start_h, int64_t(0)), height);
-    hend = min(max(hend + roi_start_h, int64_t(0)), height);
-    wstart = min(max(wstart + roi_start_w, int64_t(0)), width);
-    wend = min(max(wend + roi_start_w, int64_t(0)), width);
+    int hstart = static_cast<int>(dev_floor(static_cast<acc_t>(ph) * bin_h));
+    int wstart = static_cast<int>(dev_floor(static_cast<acc_t>(pw) * bin_w));
+    int hend = static_cast<int>(dev_ceil(static_cast<acc_t>(ph + 1) * bin_h));
+    int wend = static_cast<int>(dev_ceil(static_cast<acc_t>(pw + 1) * bin_w));
+    hstart = min(max(hstart + roi_start_h, 0), height);
+    hend = min(max(hend + roi_start_h, 0), height);
+    wstart = min(max(wstart + roi_start_w, 0), width);
+    wend = min(max(wend + roi_start_w, 0), width);
     acc_t best = 0;
-    int64_t best_index = -1;
+    int best_index = -1;
     if (b >= 0 && hend > hstart && wend > wstart) {
       best = std::numeric_limits<acc_t>::lowest();
       const scalar_t* plane = input + (b * channels + c) * height * width;
-      for (int64_t h = hstart; h < hend; ++h) {
-        for (int64_t w = wstart; w < wend; ++w) {
+      for (int h = hstart; h < hend; ++h) {
+        for (int w = wstart; w < wend; ++w) {
           const acc_t v = static_cast<acc_t>(plane[h * width + w]);
           if (v > best) {
             best = v;
@@ -62,7 +71,7 @@ __global__ void roi_pool_forward_kernel(index_t total, const scalar_t* __restric
       }
     }
     output[index] = static_cast<scalar_t>(best);
-    argmax[index] = static_cast<int32_t>(best_index);
+    argmax[index] = best_index;
   }
 }
 
@@ -93,10 +102,12 @@ std::tuple<at::Tensor, at::Tensor> roi_pool_forward_cuda(const at::Tensor& input
   check_roi_inputs(input_, rois_, pooled_height, pooled_width, spatial_scale, op);
   check_cuda_tensor(input_, "input", op);
   const c10::cuda::CUDAGuard guard(input_.device());
+  check_plane_size(input_.size(2), input_.size(3), op);
   const int64_t num_rois = rois_.size(0), channels = input_.size(1);
-  at::Tensor output = at::zeros({num_rois, channels, pooled_height, pooled_width}, input_.options());
-  at::Tensor argmax = at::full({num_rois, channels, pooled_height, pooled_width}, -1,
-                               input_.options().dtype(at::kInt));
+  // The kernel writes every cell, so no fill is needed (each would cost a pass over the output).
+  at::Tensor output = at::empty({num_rois, channels, pooled_height, pooled_width}, input_.options());
+  at::Tensor argmax =
+      at::empty({num_rois, channels, pooled_height, pooled_width}, input_.options().dtype(at::kInt));
   if (output.numel() == 0) {
     return {output, argmax};
   }
@@ -110,8 +121,8 @@ std::tuple<at::Tensor, at::Tensor> roi_pool_forward_cuda(const at::Tensor& input
       using index_t = decltype(index_zero);
       roi_pool_forward_kernel<scalar_t, acc_t, index_t><<<blocks_for(total), kThreadsPerBlock, 0, stream>>>(
           static_cast<index_t>(total), input.data_ptr<scalar_t>(), rois.data_ptr<scalar_t>(), spatial_scale,
-          input.size(0), channels, input.size(2), input.size(3), pooled_height, pooled_width,
-          output.data_ptr<scalar_t>(), argmax.data_ptr<int32_t>());
+          input.size(0), channels, static_cast<int>(input.size(2)), static_cast<int>(input.size(3)),
+          pooled_height, pooled_width, output.data_ptr<scalar_t>(), argmax.data_ptr<int32_t>());
     });
   });
   return {output, argmax};
