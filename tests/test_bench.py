@@ -124,6 +124,15 @@ def test_bench_ops_cpu_smoke(load_tool, tmp_path, capsys):
     assert all(r['agrees'] for r in rows) and 'WARNING' not in printed and 'differ' not in printed
     assert all(r['ratio'] == pytest.approx(r['ours_ms'] / r['torchvision_ms']) for r in rows)
     assert json.loads(out.read_text())['rows'] == rows
+    assert not any(r['case'].endswith((', fwd', ', bwd')) for r in rows)  # --split is off on a CPU by default
+
+
+def test_bench_ops_split_times_forward_and_backward_apart(load_tool):
+    bench_ops = load_tool('bench_ops')
+    rows = bench_ops.bench_roi_ops(bench_ops.torch.device('cpu'), quick=True, split=True)
+    assert [r['case'] for r in rows if r['op'] == 'roi_pool'] == [
+        '128 rois, fwd+bwd', '128 rois, fwd', '128 rois, bwd']
+    assert len(rows) == 9 and all(r['agrees'] and r['ours_ms'] > 0 and r['torchvision_ms'] > 0 for r in rows)
 
 
 def test_random_weights_give_both_rpns_the_same_proposals(bench):

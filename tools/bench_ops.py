@@ -1,13 +1,15 @@
 """Times the compiled ops (lib.model.roi_layers) against torchvision.ops on the same inputs and device.
 
-    python tools/bench_ops.py --device cpu [--quick] [--json results.json]
+    python tools/bench_ops.py --device cpu [--quick] [--json results.json] [--split]
 
 NMS runs on RPN-like proposals (the 9 original anchors on a 38 x 63 stride-16 grid of a 600 x 1000 image,
 jittered, random scores) at IoU 0.7; torchvision gets the same boxes with x2 + 1, y2 + 1 so both compute the
 same pixel-inclusive IoU. ROIPool / ROIAlign time forward + backward on a [1, 1024, 38, 63] feature map at
-spatial scale 1/16 with 7 x 7 output. Each row is the median of many runs after warm-up.
+spatial scale 1/16 with 7 x 7 output; with --split (the default on CUDA) also the forward and the backward
+apart. Each row is the median of many runs after warm-up.
 """
 import argparse
+import functools
 import json
 import platform
 import statistics
@@ -123,7 +125,7 @@ def bench_nms(device, quick):
     return rows
 
 
-def bench_roi_ops(device, quick):
+def bench_roi_ops(device, quick, split=False):
     rows = []
     g = torch.Generator().manual_seed(0)
     feat = torch.randn(1, 1024, FEAT_H, FEAT_W, generator=g).to(device).requires_grad_()
@@ -158,6 +160,18 @@ def bench_roi_ops(device, quick):
             t_ours, t_tv = paired_median_ms(lambda: step(ours), lambda: step(theirs), device, 1, iters)
             name = op if sr is None else f'{op} (sampling_ratio {sr})'
             rows.append(_row(name, f'{num_rois} rois, fwd+bwd', t_ours, t_tv, agrees))
+            if split:  # which half of the pair differs: the forward alone, then the backward of one forward
+                t_ours, t_tv = paired_median_ms(ours, theirs, device, 1, iters)
+                rows.append(_row(name, f'{num_rois} rois, fwd', t_ours, t_tv, agrees))
+                kept_ours, kept_theirs = ours(), theirs()
+
+                def backward(out):
+                    feat.grad = None
+                    out.backward(grad, retain_graph=True)
+
+                t_ours, t_tv = paired_median_ms(lambda: backward(kept_ours), lambda: backward(kept_theirs), device,
+                                                1, iters)
+                rows.append(_row(name, f'{num_rois} rois, bwd', t_ours, t_tv, agrees))
     return rows
 
 
@@ -166,6 +180,8 @@ def main(argv=None):
     parser.add_argument('--device', choices=['cpu', 'cuda'], default='cpu')
     parser.add_argument('--quick', action='store_true', help='few iterations and sizes: a smoke run')
     parser.add_argument('--json', type=Path, help='also write the results to this file')
+    parser.add_argument('--split', action=argparse.BooleanOptionalAction, default=None,
+                        help='also time the pooling ops\' forward and backward apart (default: on CUDA only)')
     args = parser.parse_args(argv)
     if args.device == 'cuda' and not torch.cuda.is_available():
         parser.error('--device cuda: no CUDA device is visible')
@@ -173,8 +189,9 @@ def main(argv=None):
     header = dict(device=device_name(device), torch=torch.__version__, torchvision=torchvision.__version__,
                   date=time.strftime('%Y-%m-%d'))
     print(' | '.join(f'{k}: {v}' for k, v in header.items()))
+    split = device.type == 'cuda' if args.split is None else args.split
     rows = []
-    for bench in (bench_nms, bench_roi_ops):
+    for bench in (bench_nms, functools.partial(bench_roi_ops, split=split)):
         rows += bench(device, args.quick)
         if args.json:  # after each part, so a run stopped by a time limit keeps what it measured
             args.json.write_text(json.dumps(dict(header, rows=rows), indent=2))
