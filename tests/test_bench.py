@@ -171,3 +171,28 @@ def test_rows_warn_when_the_heads_run_on_unequal_rois(bench, capsys):
     train = dict(small, section='train', torchvision=dict(timing, proposals=2000))  # both sample 128
     bench.print_row(train)
     assert 'WARNING' not in capsys.readouterr().out
+
+
+def test_graph_rows_are_cuda_only_and_printed_with_their_speedup(bench, capsys):
+    assert bench.parse_args(['--device', 'cpu']).graph is False
+    assert bench.model_kinds(bench.parse_args(['--device', 'cpu'])) == ('ours', 'torchvision')
+    with pytest.raises(SystemExit):
+        bench.parse_args(['--device', 'cpu', '--graph'])
+    capsys.readouterr()
+    timing = {'img_s': 100.0, 'peak_mb_per_img': 1.0, 'proposals': 300}
+    row = {'section': 'train', 'bs': 4, 'amp': 'bf16', 'ours': dict(timing, ms=45.0),
+           'torchvision': dict(timing, ms=90.0), 'ours_graph': dict(timing, ms=30.0)}
+    bench.add_speedups(row)
+    assert row['speedup'] == pytest.approx(2.0) and row['graph_speedup'] == pytest.approx(3.0)
+    bench.print_row(row)
+    out = capsys.readouterr().out
+    assert 'speedup x2.00' in out
+    assert 'ours replayed from a CUDA graph     30.00 ms' in out and 'speedup x3.00' in out
+
+
+def test_a_failed_capture_is_reported_and_skipped(bench, capsys):
+    def make():
+        raise RuntimeError('operation not permitted when stream is capturing')
+    assert bench.capture_or_warn(make, 'train bs 4 bf16') is None
+    assert ('WARNING: train bs 4 bf16: the CUDA graph capture failed: RuntimeError: operation not permitted'
+            in capsys.readouterr().out)

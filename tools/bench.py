@@ -6,6 +6,10 @@ Sections (all on the same device, same inputs, printed as one table with ratios)
   ops     NMS / ROIPool / ROIAlign against torchvision.ops (tools/bench_ops.py)
   loader  the data loader alone (img/s with --nw workers) on the synthetic shapes set
 
+On CUDA the train and test rows also time this project's step captured in one CUDA graph and replayed
+(lib/model/utils/cuda_graph.py: the same model, inputs and work, without the host's per-op dispatch); --no-graph
+leaves it out.
+
     python tools/bench.py --device cuda                 # the full GPU run recorded in docs/BENCHMARKS.md
     python tools/bench.py --device cpu --quick          # small sizes, runs (slowly) anywhere
 """
@@ -245,12 +249,31 @@ def autocast_ctx(device, amp):
     return torch.autocast(device.type, enabled=False)
 
 
+AMP_DTYPES = {'fp32': None, 'bf16': torch.bfloat16}
+
+
+def model_kinds(args):
+    """The models of a train or test row: ours, torchvision's, and ours replayed from a CUDA graph (last, so that
+    a capture that fails cannot spoil the other two)."""
+    return ('ours', 'torchvision') + (('ours_graph',) if args.graph else ())
+
+
+def capture_or_warn(make, what):
+    """make() -> a GraphedStep, or None after printing why the capture failed (the rest of the run goes on)."""
+    try:
+        return make()
+    except Exception as e:  # a GPU run is too scarce to lose to one row
+        print(f'WARNING: {what}: the CUDA graph capture failed: {type(e).__name__}: {e}', flush=True)
+        return None
+
+
 def bench_train(args, device, num_classes, results):
+    from lib.model.utils.cuda_graph import GraphedStep, train_step
     for bs in args.bs:
         for amp in args.amp:
             ours_in, tv_in = make_inputs(bs, args.height, args.width, 4, num_classes, device)
             row = {'section': 'train', 'bs': bs, 'amp': amp}
-            for kind in ('ours', 'torchvision'):
+            for kind in model_kinds(args):
                 torch.manual_seed(0)
                 if kind == 'ours':
                     model = build_ours(num_classes, args.net).to(device).train()
@@ -263,6 +286,16 @@ def bench_train(args, device, num_classes, results):
                         opt.zero_grad(set_to_none=True)
                         loss.backward()
                         opt.step()
+                elif kind == 'ours_graph':
+                    model = build_ours(num_classes, args.net).to(device).train()
+                    graphed = capture_or_warn(lambda model=model: GraphedStep(
+                        train_step(model, sgd_for(model), AMP_DTYPES[amp]), ours_in), f'train bs {bs} {amp}')
+                    if graphed is None:
+                        del model
+                        continue
+
+                    def step(graphed=graphed):
+                        graphed(*ours_in)
                 else:
                     model = build_torchvision_c4(num_classes, args.height, args.width, int(args.net[3:]))
                     model = model.to(device).train()
@@ -273,7 +306,8 @@ def bench_train(args, device, num_classes, results):
                         opt.zero_grad(set_to_none=True)
                         loss.backward()
                         opt.step()
-                proposals = count_proposals(model, step)  # one more warm-up step
+                # one more warm-up step; a replay runs no Python hook, so the graph row takes the eager count
+                proposals = row['ours']['proposals'] if kind == 'ours_graph' else count_proposals(model, step)
                 reset_peak(device)
                 ms = time_ms(step, device, args.warmup, args.iters)
                 row[kind] = {'ms': ms, 'img_s': bs * 1000.0 / ms, 'peak_mb_per_img': peak_mb(device) / bs,
@@ -281,17 +315,18 @@ def bench_train(args, device, num_classes, results):
                 if args.profile and bs == max(args.bs) and amp == args.amp[-1]:
                     row[kind]['profile'] = profile_step(step, device)
                 del model, step
-            row['speedup'] = row['torchvision']['ms'] / row['ours']['ms']
+            add_speedups(row)
             results.append(row)
             print_row(row)
 
 
 def bench_test(args, device, num_classes, results):
-    from lib.model.utils.test_utils import im_detect, postprocess_detections
+    from lib.model.utils.cuda_graph import GraphedStep, detect_step
+    from lib.model.utils.test_utils import detections_from_table, im_detect, postprocess_detections
     for amp in args.amp:
         ours_in, tv_in = make_inputs(1, args.height, args.width, 4, num_classes, device)
         row = {'section': 'test', 'bs': 1, 'amp': amp}
-        for kind in ('ours', 'torchvision'):  # one model alive at a time, so each peak holds its own weights only
+        for kind in model_kinds(args):  # one model alive at a time, so each peak holds its own weights only
             torch.manual_seed(0)
             if kind == 'ours':
                 model = build_ours(num_classes, args.net).to(device).eval()
@@ -302,6 +337,16 @@ def bench_test(args, device, num_classes, results):
                         scores, boxes = im_detect(model, ours_in[0], ours_in[1])
                     return postprocess_detections(scores[0], boxes[0], thresh=0.0, nms_thresh=cfg.TEST.NMS,
                                                   max_per_image=100)
+            elif kind == 'ours_graph':
+                model = build_ours(num_classes, args.net).to(device).eval()
+                graphed = capture_or_warn(lambda model=model: GraphedStep(
+                    detect_step(model, 0.0, cfg.TEST.NMS, 100, AMP_DTYPES[amp]), ours_in[:2]), f'test {amp}')
+                if graphed is None:
+                    del model
+                    continue
+
+                def fn(graphed=graphed):  # what postprocess_detections returns, from the same one copy
+                    return detections_from_table(graphed(*ours_in[:2]).cpu().numpy(), num_classes)
             else:
                 model = build_torchvision_c4(num_classes, args.height, args.width, int(args.net[3:]))
                 model = model.to(device).eval()
@@ -310,16 +355,23 @@ def bench_test(args, device, num_classes, results):
                 def fn(model=model):
                     with autocast_ctx(device, amp):
                         return model(tv_in[0])
-            proposals = count_proposals(model, fn)
+            proposals = row['ours']['proposals'] if kind == 'ours_graph' else count_proposals(model, fn)
             reset_peak(device)
             ms = time_ms(fn, device, args.warmup, args.iters)
             row[kind] = {'ms': ms, 'img_s': 1000.0 / ms, 'peak_mb_per_img': peak_mb(device), 'proposals': proposals}
             if args.profile and amp == args.amp[-1]:
                 row[kind]['profile'] = profile_step(fn, device)
             del model, fn
-        row['speedup'] = row['torchvision']['ms'] / row['ours']['ms']
+        add_speedups(row)
         results.append(row)
         print_row(row)
+
+
+def add_speedups(row):
+    """speedup: torchvision's time over ours (eager); graph_speedup: over ours replayed from a CUDA graph."""
+    row['speedup'] = row['torchvision']['ms'] / row['ours']['ms']
+    if 'ours_graph' in row:
+        row['graph_speedup'] = row['torchvision']['ms'] / row['ours_graph']['ms']
 
 
 def bench_loader(args, results):
@@ -378,8 +430,13 @@ def print_row(row):
               f"and {tv_rois} (torchvision) rois per image: at this input size the RPNs keep only "
               f"{o['proposals']} / {t['proposals']} proposals, so the times compare unequal work "
               "(at 600 x 1000 both keep 300 at test and 2000 in training)", flush=True)
-    for kind in ('ours', 'torchvision'):
-        if 'profile' in row[kind]:
+    if 'ours_graph' in row:
+        g = row['ours_graph']
+        print(f"{row['section']:<6} bs {row['bs']} {row['amp']:<5}  ours replayed from a CUDA graph {g['ms']:9.2f} ms "
+              f"{g['img_s']:7.2f} img/s {g['peak_mb_per_img']:8.0f} MB/img | speedup x{row['graph_speedup']:.2f}",
+              flush=True)
+    for kind in ('ours', 'torchvision', 'ours_graph'):
+        if 'profile' in row.get(kind, {}):
             print_profile(f"{row['section']} bs {row['bs']} {row['amp']} {kind}", row[kind]['profile'],
                           row[kind]['ms'])
 
@@ -401,12 +458,18 @@ def parse_args(argv=None):
     p.add_argument('--num_classes', type=int, default=21)
     p.add_argument('--quick', action='store_true', help='small sizes and few iterations (CPU, CI smoke test)')
     p.add_argument('--json', default=None, help='also write the results here')
+    p.add_argument('--graph', action=argparse.BooleanOptionalAction, default=None,
+                   help='also time our train and test steps replayed from a CUDA graph (default: on CUDA)')
     p.add_argument('--profile', action='store_true',
                    help='also profile both models (torch.profiler) in the train row of the largest batch and the '
                         'last --amp, and in the test row of the last --amp: top ops by self time on the device, '
                         'host synchronisations per step')
     args = p.parse_args(argv)
     quick = args.quick or args.device == 'cpu'
+    if args.graph is None:
+        args.graph = args.device.startswith('cuda')
+    elif args.graph and not args.device.startswith('cuda'):
+        p.error('--graph needs --device cuda (CUDA graphs)')
     args.bs = args.bs or ([1, 2] if quick else [1, 4])
     args.amp = args.amp or (['fp32'] if quick else ['fp32', 'bf16'])
     args.height = args.height or (128 if quick else 600)

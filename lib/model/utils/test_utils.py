@@ -149,23 +149,33 @@ def postprocess_detections(scores, boxes, thresh=0.0, nms_thresh=0.3, max_per_im
     if padded is None:
         padded = scores.is_cuda and max_per_image > 0
     if padded:
-        table = detection_table(scores, boxes, thresh, nms_thresh, max_per_image).cpu().numpy()
-        table = table[table[:, 6] > 0]  # the kept rows, by decreasing score
-        table = table[np.argsort(table[:, 5], kind='stable')]  # grouped by class, score order kept inside
-        dets = np.ascontiguousarray(table[:, :5])
-        counts = np.bincount(table[:, 5].astype(np.int64), minlength=C - 1)
-    else:
-        fg_scores, cls_boxes = _per_class(scores, boxes)
-        r_idx, c_idx = torch.nonzero(fg_scores > thresh, as_tuple=True)
-        s = fg_scores[r_idx, c_idx]
-        b = cls_boxes[r_idx, c_idx]
-        keep = batched_nms(b, s, c_idx, nms_thresh)  # by decreasing score
-        if max_per_image > 0:
-            keep = keep[:max_per_image]
-        # group by class, keeping the score order inside each class: a stable sort on the class index
-        keep = keep[torch.sort(c_idx[keep], stable=True).indices]
-        dets = torch.cat([b[keep], s[keep, None]], dim=1).cpu().numpy().astype(np.float32)
-        counts = torch.bincount(c_idx[keep], minlength=C - 1).tolist()
+        table = detection_table(scores, boxes, thresh, nms_thresh, max_per_image)
+        return detections_from_table(table.cpu().numpy(), C)
+    fg_scores, cls_boxes = _per_class(scores, boxes)
+    r_idx, c_idx = torch.nonzero(fg_scores > thresh, as_tuple=True)
+    s = fg_scores[r_idx, c_idx]
+    b = cls_boxes[r_idx, c_idx]
+    keep = batched_nms(b, s, c_idx, nms_thresh)  # by decreasing score
+    if max_per_image > 0:
+        keep = keep[:max_per_image]
+    # group by class, keeping the score order inside each class: a stable sort on the class index
+    keep = keep[torch.sort(c_idx[keep], stable=True).indices]
+    dets = torch.cat([b[keep], s[keep, None]], dim=1).cpu().numpy().astype(np.float32)
+    counts = torch.bincount(c_idx[keep], minlength=C - 1).tolist()
+    return _split_by_class(dets, counts)
+
+
+def detections_from_table(table, num_classes):
+    """detection_table's [max_per_image, 7] result, on the host (numpy), as postprocess_detections returns it:
+    a list of num_classes float32 arrays [N_j, 5] (x1, y1, x2, y2, score) by decreasing score; entry 0 empty."""
+    table = table[table[:, 6] > 0]  # the kept rows, by decreasing score
+    table = table[np.argsort(table[:, 5], kind='stable')]  # grouped by class, score order kept inside
+    counts = np.bincount(table[:, 5].astype(np.int64), minlength=num_classes - 1)
+    return _split_by_class(np.ascontiguousarray(table[:, :5]), counts)
+
+
+def _split_by_class(dets, counts):
+    """[N, 5] detections grouped by class and the [C - 1] counts -> the per-class list (entry 0 empty)."""
     out = [np.zeros((0, 5), np.float32)]
     out.extend(np.split(dets, np.cumsum(counts)[:-1]))
     return out

@@ -159,6 +159,17 @@ def test_test_time_postprocessing_stays_on_the_device():
         assert transfers.ops == ['aten._to_copy.default to host']
 
 
+def test_the_graphed_test_step_never_waits_for_the_gpu():
+    """The function tools/bench.py captures in a CUDA graph at test time (a capture fails on any host wait)."""
+    from lib.model.utils.cuda_graph import detect_step
+    cfg.POOLING_MODE = 'align'  # the benchmark's (the default, crop, has no fake cuDNN grid sampler)
+    model = build('res101').eval()
+    im_data, im_info, _, _ = make_batch(B=1, H=600, W=1000)
+    with fake_cuda() as (to_cuda, transfers):
+        table = detect_step(to_cuda(model), 0.0, 0.3, 100)(to_cuda(im_data), to_cuda(im_info))
+        assert table.shape == (100, 7) and table.device.type == 'cuda' and transfers.ops == []
+
+
 def test_gradient_clipping_stays_on_the_device():
     model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
     with fake_cuda() as (to_cuda, transfers):
