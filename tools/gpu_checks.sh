@@ -19,7 +19,8 @@
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
 #     -d .whl easydict==1.14 pycocotools==2.0.11
-# Environment: BUDGET; TORCH_CUDA_ARCH_LIST (default 9.0, the H100/H200); for probe and train TRAIN_ARGS and NET,
+# Environment: BUDGET; TORCH_CUDA_ARCH_LIST (default 9.0, the H100/H200); for probe and train TRAIN_ARGS, NET,
+# WEIGHTS (default pretrain: tools/pretrain_backbone.py with PRETRAIN_ARGS first; none: from scratch; or a file),
 # TRAIN_SECONDS (default: what the budget leaves after two test runs) and PROBE_MIN_LEFT (default 360: with
 # less time left the probe is skipped and train runs TRAIN_ARGS until its limit, then tests that checkpoint).
 set -uo pipefail
@@ -94,6 +95,12 @@ if ! "$PY" -c "import easydict, cv2, yaml, tqdm, matplotlib, scipy" 2>&1 | tee -
 fi
 
 NET=${NET:-res50}
+# the main job's backbone: 'pretrain' (tools/pretrain_backbone.py on the training set's object crops first, as
+# README command (a)), 'none' (from scratch), or a weights file
+WEIGHTS=${WEIGHTS:-pretrain}
+PRETRAIN_ARGS=${PRETRAIN_ARGS:-"--bs 128 --steps 600 --lr 0.004"}
+SCRATCH=()  # cfgs/shapes_gpu.yml's fine-tuning rules (frozen BatchNorm, fixed blocks) would freeze random weights
+[ "$WEIGHTS" != none ] || SCRATCH=(--set TRAIN.BN_TRAIN True RESNET.FIXED_BLOCKS 0)
 TRAIN_ARGS_GIVEN=${TRAIN_ARGS:+yes}
 TRAIN_ARGS=${TRAIN_ARGS:-"--amp --bs 8 --nw 8 --lr 0.02 --epochs 12 --lr_decay_step 9"}
 
@@ -146,15 +153,24 @@ for s in $STAGES; do
         continue
       fi
       stage data 120 "$PY" tools/make_shapes_voc.py || continue
+      # random weights, but the main job's settings (frozen BatchNorm and fixed blocks unless WEIGHTS=none), so
+      # its speed is the main job's; after TRAIN_ARGS: the last of a repeated flag wins
       stage probe 150 "$PY" trainval_net.py --dataset shapes --net "$NET" --weights none --cfg cfgs/shapes_gpu.yml \
         --cuda --s 9 --save_dir "$LOGS/probe_models" $TRAIN_ARGS --disp_interval 20 --epochs 1 --max_iters 80 \
-        --checkpoint_interval 0 || continue  # after TRAIN_ARGS: the last of a repeated flag wins
+        --checkpoint_interval 0 ${SCRATCH[@]+"${SCRATCH[@]}"} || continue
       cp "$LOGS/probe.log" "$PROBE_LOG"
       "$PY" tools/probe_schedule.py "$PROBE_LOG" "$(( $(left) - TEST_RESERVE ))" "$TRAIN_ARGS" \
         | tee -a "$LOGS/summary.txt"
       ;;
     train)
       stage data 120 "$PY" tools/make_shapes_voc.py || continue
+      weights=$WEIGHTS
+      if [ "$WEIGHTS" = pretrain ]; then
+        weights=$LOGS/${NET}_shapes_crops.pth
+        # shellcheck disable=SC2086
+        stage pretrain 240 "$PY" tools/pretrain_backbone.py --dataset shapes --net "$NET" --cfg cfgs/shapes_gpu.yml \
+          --cuda --val --output "$weights" $PRETRAIN_ARGS || continue
+      fi
       seconds=$(( $(left) - TEST_RESERVE ))
       if [ -n "${TRAIN_SECONDS:-}" ] && [ "$TRAIN_SECONDS" -lt "$seconds" ]; then seconds=$TRAIN_SECONDS; fi
       args=$TRAIN_ARGS
@@ -164,14 +180,17 @@ for s in $STAGES; do
       echo "== train: $seconds s with $args" | tee -a "$LOGS/summary.txt"
       # at the limit the trainer saves a checkpoint after its current iteration and exits 0; that one is tested
       # shellcheck disable=SC2086
-      stage train "$seconds" "$PY" trainval_net.py --dataset shapes --net "$NET" --weights none \
-        --cfg cfgs/shapes_gpu.yml --cuda --s 1 --save_dir "$LOGS/models" --disp_interval 50 $args || continue
+      stage train "$seconds" "$PY" trainval_net.py --dataset shapes --net "$NET" --weights "$weights" \
+        --cfg cfgs/shapes_gpu.yml --cuda --s 1 --save_dir "$LOGS/models" --disp_interval 50 $args ${SCRATCH[@]+"${SCRATCH[@]}"} \
+        || continue
       ckpt=$(ls -t "$LOGS/models/$NET/shapes"/faster_rcnn_1_*.pth 2>/dev/null | head -n 1)
       [ -n "$ckpt" ] || { echo "== train: no checkpoint" | tee -a "$LOGS/summary.txt"; status=1; continue; }
       IFS=_ read -r _ _ sess ep step <<< "$(basename "$ckpt" .pth)"
       # BatchNorm trained from scratch on small batches can depend on per-image statistics (docs/TRAINING.md:
       # a --bs 2 CPU model scored 0.155 on them and 0.077 on its running averages), so both are measured
-      for bn in running batch; do
+      bn_modes="running"  # frozen BatchNorm (pretrained backbone) has only its running averages
+      [ "$WEIGHTS" != none ] || bn_modes="running batch"
+      for bn in $bn_modes; do
         stage "test_bn_$bn" 90 "$PY" test_net.py --dataset shapes --net "$NET" --cfg cfgs/shapes_gpu.yml --cuda \
           --load_dir "$LOGS/models" --checksession "$sess" --checkepoch "$ep" --checkpoint "$step" --bn_stats "$bn"
         grep -h -m1 'mAP (the dataset' "$LOGS/test_bn_$bn.log" | sed "s/^/BatchNorm on $bn statistics: /" \

@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # README command (a), the main job on the embedded synthetic dataset: set up the environment and build the ops,
 # generate the synthetic VOC-format shapes set, train, test (VOC07 mAP), run the demo.
-# On a machine with a GPU (CUDA visible to torch) it uses cfgs/shapes_gpu.yml with --cuda (ResNet-50 from scratch);
-# else cfgs/shapes_cpu.yml: a ResNet-18 first pretrained on the training set's object crops (no ImageNet weights
-# can be had here; tools/pretrain_backbone.py), then fine-tuned as a detector from those weights.
+# On a machine with a GPU (CUDA visible to torch) it uses cfgs/shapes_gpu.yml with --cuda (ResNet-50 at scale 600);
+# else cfgs/shapes_cpu.yml (ResNet-18 at scale 256). Either backbone is first pretrained on the training set's
+# object crops (no ImageNet weights can be had here; tools/pretrain_backbone.py), then fine-tuned as a detector
+# from those weights. WEIGHTS=none trains from scratch instead (BatchNorm trained, no block fixed).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 . tools/setup_env.sh
 
 if python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
   NET=${NET:-res50}; CFG=${CFG:-cfgs/shapes_gpu.yml}; DEV=--cuda; DEMO_THRESH=${DEMO_THRESH:-0.5}
-  WEIGHTS=${WEIGHTS:-none}; PRETRAIN_ARGS=${PRETRAIN_ARGS:-}
+  WEIGHTS=${WEIGHTS:-data/pretrained_model/resnet50_shapes.pth}
+  PRETRAIN_ARGS=${PRETRAIN_ARGS:-"--val --bs 128 --steps 600 --lr 0.004"}
   TRAIN_ARGS=${TRAIN_ARGS:-"--amp --bs 8 --nw 8 --lr 0.02 --epochs 12 --lr_decay_step 9"}
 else
   NET=${NET:-res18}; CFG=${CFG:-cfgs/shapes_cpu.yml}; DEV=; DEMO_THRESH=${DEMO_THRESH:-0.5}
@@ -32,10 +34,12 @@ if [ "$WEIGHTS" != none ]; then
   python tools/pretrain_backbone.py --dataset shapes --net "$NET" --cfg "$CFG" --output "$WEIGHTS" $PRETRAIN_ARGS \
     $DEV 2>&1 | tee "$LOG_DIR/pretrain.log"
 fi
+SCRATCH=()  # the yml's fine-tuning rules (frozen BatchNorm, fixed blocks) would freeze random weights
+[ "$WEIGHTS" != none ] || SCRATCH=(--set TRAIN.BN_TRAIN True RESNET.FIXED_BLOCKS 0)
 echo "== training $NET on shapes_trainval ($CFG, weights: $WEIGHTS) $DEV"
 # shellcheck disable=SC2086
 python trainval_net.py --dataset shapes --net "$NET" --weights "$WEIGHTS" --cfg "$CFG" --s $SESSION \
-  --save_dir "$SAVE_DIR" --disp_interval 50 $TRAIN_ARGS $DEV 2>&1 | tee "$LOG_DIR/train.log"
+  --save_dir "$SAVE_DIR" --disp_interval 50 $TRAIN_ARGS $DEV ${SCRATCH[@]+"${SCRATCH[@]}"} 2>&1 | tee "$LOG_DIR/train.log"
 train_s=$(( $(date +%s) - start ))
 
 # the last checkpoint written: faster_rcnn_<session>_<epoch>_<step>.pth

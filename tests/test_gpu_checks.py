@@ -1,0 +1,93 @@
+"""tools/gpu_checks.sh's main-job stage, run here with a stand-in python and nvidia-smi that record what they are
+asked: the shell plumbing (which commands, which flags, in which order) is otherwise first exercised on a lent
+GPU, where a mistake costs minutes nobody has."""
+import os
+import shlex
+import shutil
+import stat
+import subprocess
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..'))
+
+# A python that logs its arguments, one call per line, and plays each command's part: the imports the script
+# checks succeed, trainval_net.py writes a checkpoint where the script looks for it, test_net.py prints a mAP line.
+FAKE_PYTHON = r'''#!/usr/bin/env bash
+echo "$*" >> "$CALLS"
+case "$1 $2" in
+  "-c import torch"*) echo "torch fake CUDA 13.0 fake-card" ;;
+  "-c import os"*) echo "Python.h: True" ;;
+esac
+if [ "$1" = trainval_net.py ]; then
+  save=; net=; s=
+  while [ $# -gt 0 ]; do
+    case $1 in --save_dir) save=$2 ;; --net) net=$2 ;; --s) s=$2 ;; esac; shift
+  done
+  mkdir -p "$save/$net/shapes" && touch "$save/$net/shapes/faster_rcnn_${s}_3_120.pth"
+fi
+if [ "$1" = test_net.py ]; then echo "mAP (the dataset's metric, VOC07): 0.9123"; fi
+exit 0
+'''
+
+
+def run_train_stage(tmp_path, **env):
+    """gpu_checks.sh train in a copy of the files it reads, with the stand-ins; returns the logged calls."""
+    repo = tmp_path / 'repo'
+    for rel in ('tools/gpu_checks.sh', 'cfgs/shapes_gpu.yml'):
+        (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(os.path.join(ROOT, rel), repo / rel)
+    bin_dir = tmp_path / 'bin'
+    bin_dir.mkdir()
+    for name, text in (('python', FAKE_PYTHON), ('nvidia-smi', '#!/usr/bin/env bash\necho "Fake GPU, 80 GiB"\n')):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(stat.S_IRWXU)
+    calls = tmp_path / 'calls.txt'
+    out = subprocess.run(['bash', str(repo / 'tools' / 'gpu_checks.sh'), 'train'], capture_output=True, text=True,
+                         timeout=120, cwd=tmp_path,
+                         env={**os.environ, 'PATH': f'{bin_dir}:{os.environ["PATH"]}',
+                              'PYTHON': str(bin_dir / 'python'), 'CALLS': str(calls), 'BUDGET': '400', **env})
+    assert out.returncode == 0, out.stdout + out.stderr
+    summary = (repo / 'output' / 'gpu_checks' / 'summary.txt').read_text()
+    return [shlex.split(line) for line in calls.read_text().splitlines()], summary
+
+
+def script_calls(calls, script):
+    return [c for c in calls if c and c[0] == script]
+
+
+def flag(call, name):
+    return call[call.index(name) + 1]
+
+
+def test_the_main_job_pretrains_then_fine_tunes_from_those_weights(tmp_path):
+    calls, summary = run_train_stage(tmp_path)
+    order = [c[0] for c in calls if c[0].endswith('.py')]
+    assert order == ['setup.py', 'tools/make_shapes_voc.py', 'tools/pretrain_backbone.py', 'trainval_net.py',
+                     'test_net.py']  # the build first (no earlier one here)
+    pretrain, = script_calls(calls, 'tools/pretrain_backbone.py')
+    assert {'--cuda', '--val'} <= set(pretrain) and flag(pretrain, '--net') == 'res50'
+    assert flag(pretrain, '--cfg') == 'cfgs/shapes_gpu.yml'
+    assert (flag(pretrain, '--bs'), flag(pretrain, '--steps'), flag(pretrain, '--lr')) == ('128', '600', '0.004')
+    train, = script_calls(calls, 'trainval_net.py')
+    assert flag(train, '--weights') == flag(pretrain, '--output') == 'output/gpu_checks/res50_shapes_crops.pth'
+    assert '--set' not in train  # the yml's fine-tuning rules stand
+    test, = script_calls(calls, 'test_net.py')  # frozen BatchNorm: its running averages only
+    assert flag(test, '--bn_stats') == 'running'
+    assert (flag(test, '--checksession'), flag(test, '--checkepoch'), flag(test, '--checkpoint')) == ('1', '3', '120')
+    assert 'BatchNorm on running statistics: mAP (the dataset\'s metric, VOC07): 0.9123' in summary
+
+
+def test_from_scratch_trains_batchnorm_and_every_block(tmp_path):
+    calls, summary = run_train_stage(tmp_path, WEIGHTS='none')
+    assert not script_calls(calls, 'tools/pretrain_backbone.py')
+    train, = script_calls(calls, 'trainval_net.py')
+    assert flag(train, '--weights') == 'none'
+    assert train[train.index('--set'):] == ['--set', 'TRAIN.BN_TRAIN', 'True', 'RESNET.FIXED_BLOCKS', '0']
+    assert [flag(t, '--bn_stats') for t in script_calls(calls, 'test_net.py')] == ['running', 'batch']
+
+
+def test_a_weights_file_is_used_as_it_is(tmp_path):
+    weights = 'my_backbone.pth'
+    calls, _ = run_train_stage(tmp_path, WEIGHTS=weights)
+    assert not script_calls(calls, 'tools/pretrain_backbone.py')
+    train, = script_calls(calls, 'trainval_net.py')
+    assert flag(train, '--weights') == weights and '--set' not in train
