@@ -11,6 +11,7 @@ import math
 from torch import nn
 
 from lib.model.utils.config import cfg
+from .batch_norm import BatchNorm2d
 from .faster_rcnn import _fasterRCNN
 from .small_map_conv import use_small_map_convs
 from .weights import check_weight_format, default_model_path, detect_weight_format, load_backbone, \
@@ -31,10 +32,10 @@ class BasicBlock(nn.Module):
     def __init__(self, inplanes, planes, stride=1, downsample=None, stride_in_1x1=True):
         super().__init__()
         self.conv1 = conv3x3(inplanes, planes, stride)
-        self.bn1 = nn.BatchNorm2d(planes)
+        self.bn1 = BatchNorm2d(planes)
         self.relu = nn.ReLU(inplace=True)
         self.conv2 = conv3x3(planes, planes)
-        self.bn2 = nn.BatchNorm2d(planes)
+        self.bn2 = BatchNorm2d(planes)
         self.downsample = downsample
         self.stride = stride
 
@@ -54,11 +55,11 @@ class Bottleneck(nn.Module):
         super().__init__()
         s1, s3 = (stride, 1) if stride_in_1x1 else (1, stride)
         self.conv1 = nn.Conv2d(inplanes, planes, kernel_size=1, stride=s1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
+        self.bn1 = BatchNorm2d(planes)
         self.conv2 = nn.Conv2d(planes, planes, kernel_size=3, stride=s3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
+        self.bn2 = BatchNorm2d(planes)
         self.conv3 = nn.Conv2d(planes, planes * 4, kernel_size=1, bias=False)
-        self.bn3 = nn.BatchNorm2d(planes * 4)
+        self.bn3 = BatchNorm2d(planes * 4)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
         self.stride = stride
@@ -79,7 +80,7 @@ class ResNet(nn.Module):
         self.inplanes = 64
         self._stride_in_1x1 = caffe
         self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
+        self.bn1 = BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
         if caffe:
             self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=0, ceil_mode=True)
@@ -105,7 +106,7 @@ class ResNet(nn.Module):
         if stride != 1 or self.inplanes != planes * block.expansion:
             downsample = nn.Sequential(
                 nn.Conv2d(self.inplanes, planes * block.expansion, kernel_size=1, stride=stride, bias=False),
-                nn.BatchNorm2d(planes * block.expansion))
+                BatchNorm2d(planes * block.expansion))
         layers = [block(self.inplanes, planes, stride, downsample, self._stride_in_1x1)]
         self.inplanes = planes * block.expansion
         layers += [block(self.inplanes, planes, stride_in_1x1=self._stride_in_1x1) for _ in range(1, blocks)]
