@@ -182,6 +182,10 @@ __global__ void nms_sweep_kernel(int64_t n, int64_t num_words, const unsigned lo
       break;
     }
   }
+  // the padding after the kept boxes (keep is not filled beforehand: one kernel launch less per call)
+  for (int64_t i = s_count + threadIdx.x; i < max_out; i += blockDim.x) {
+    keep[i] = -1;
+  }
   if (threadIdx.x == 0) {
     *num_kept = s_count;
   }
@@ -204,11 +208,13 @@ std::tuple<at::Tensor, at::Tensor> nms_cuda_impl(const at::Tensor& dets, const a
   FRCNN_CHECK(max_out >= 0, op, ": expected max_out >= 0, got ", max_out);
   const c10::cuda::CUDAGuard guard(dets.device());
   const int64_t n = dets.size(0);
-  at::Tensor keep = at::full({max_out}, -1, dets.options().dtype(at::kLong));
-  at::Tensor num_kept = at::zeros({}, dets.options().dtype(at::kLong));
+  const at::TensorOptions long_options = dets.options().dtype(at::kLong);
   if (n == 0 || max_out == 0) {
-    return {keep, num_kept};
+    return {at::full({max_out}, -1, long_options), at::zeros({}, long_options)};
   }
+  // the sweep kernel writes all of both
+  at::Tensor keep = at::empty({max_out}, long_options);
+  at::Tensor num_kept = at::empty({}, long_options);
   const int64_t num_words = (n + kBoxesPerWord - 1) / kBoxesPerWord;
   FRCNN_CHECK(num_words <= 65535, op, ": expected at most ", 65535 * kBoxesPerWord, " boxes, got ", n);
   // A stable descending sort keeps tied scores in input order, so the result is deterministic.
