@@ -33,7 +33,9 @@ class BatchNorm2d(nn.BatchNorm2d):
     def _frozen_affine(self, dtype):
         """(scale, shift) as [1, C, 1, 1] tensors of ``dtype``, cached while the four tensors stay the same."""
         tensors = (self.weight, self.bias, self.running_mean, self.running_var)
-        key = (dtype,) + tuple((t.data_ptr(), t._version) for t in tensors)
+        # the tensor objects, their in-place versions (load_state_dict copies in place) and devices (.to() swaps
+        # their data); no data pointers, which fake tensors (tests/model/faster_rcnn/test_fake_cuda.py) lack
+        key = (dtype,) + tuple((id(t), t._version, t.device) for t in tensors)
         if getattr(self, '_affine_key', None) != key:
             acc = torch.promote_types(self.weight.dtype, torch.float32)  # float32 at least, float64 stays
             with torch.no_grad():
