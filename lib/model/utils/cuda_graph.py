@@ -23,6 +23,13 @@ import contextlib
 import torch
 
 
+def _autocast(device_type, amp_dtype):
+    """autocast to amp_dtype without its weight cache, which a graph cannot keep; nothing for amp_dtype None."""
+    if amp_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type, dtype=amp_dtype, cache_enabled=False)
+
+
 class GraphedStep:
     """``fn(*inputs)`` captured in a CUDA graph; calling the object copies new inputs into the captured ones and
     replays it.
@@ -71,13 +78,12 @@ def train_step(model, optimizer, amp_dtype=None):
 
     The gradients are set to None before each backward, so the backward writes them rather than adding to them:
     in a graph, every replay then starts from fresh gradients, in the same memory. amp_dtype (torch.bfloat16 or
-    torch.float16) runs the forward under autocast without its weight cache, which a graph cannot keep."""
+    torch.float16) runs the forward under autocast (_autocast)."""
     device_type = next(model.parameters()).device.type
 
     def step(im_data, im_info, gt_boxes, num_boxes):
         optimizer.zero_grad(set_to_none=True)
-        with (torch.autocast(device_type, dtype=amp_dtype, cache_enabled=False) if amp_dtype is not None
-              else contextlib.nullcontext()):
+        with _autocast(device_type, amp_dtype):
             out = model(im_data, im_info, gt_boxes, num_boxes)
             parts = torch.stack([out.rpn_loss_cls.mean(), out.rpn_loss_bbox.mean(), out.RCNN_loss_cls.mean(),
                                  out.RCNN_loss_bbox.mean()]).float()
@@ -98,8 +104,7 @@ def detect_step(model, thresh=0.0, nms_thresh=0.3, max_per_image=100, amp_dtype=
 
     @torch.no_grad()
     def step(im_data, im_info):
-        with (torch.autocast(device_type, dtype=amp_dtype, cache_enabled=False) if amp_dtype is not None
-              else contextlib.nullcontext()):
+        with _autocast(device_type, amp_dtype):
             scores, boxes = im_detect(model, im_data, im_info)
         return detection_table(scores[0], boxes[0], thresh, nms_thresh, max_per_image)
 
