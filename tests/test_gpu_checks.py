@@ -25,23 +25,31 @@ if [ "$1" = trainval_net.py ]; then
   mkdir -p "$save/$net/shapes" && touch "$save/$net/shapes/faster_rcnn_${s}_3_120.pth"
 fi
 if [ "$1" = test_net.py ]; then echo "mAP (the dataset's metric, VOC07): 0.9123"; fi
+if [ "$1" = tools/pretrain_backbone.py ]; then  # long enough for the stages beside it to start, then its file
+  sleep "${PRETRAIN_SLEEP:-0}"
+  while [ $# -gt 0 ]; do [ "$1" != --output ] || touch "$2"; shift; done
+  echo "pretraining done" >> "$CALLS"
+fi
 exit 0
 '''
 
 
-def run_train_stage(tmp_path, **env):
-    """gpu_checks.sh train in a copy of the files it reads, with the stand-ins; returns the logged calls."""
+def run_train_stage(tmp_path, stages=('train',), **env):
+    """gpu_checks.sh STAGES (train) in a copy of the files it reads, with the stand-ins; returns the logged calls
+    and the summary. A second call with the same tmp_path runs on the same copy, as a second call on a warm lent
+    machine does."""
     repo = tmp_path / 'repo'
     for rel in ('tools/gpu_checks.sh', 'cfgs/shapes_gpu.yml'):
         (repo / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(os.path.join(ROOT, rel), repo / rel)
     bin_dir = tmp_path / 'bin'
-    bin_dir.mkdir()
+    bin_dir.mkdir(exist_ok=True)
     for name, text in (('python', FAKE_PYTHON), ('nvidia-smi', '#!/usr/bin/env bash\necho "Fake GPU, 80 GiB"\n')):
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(stat.S_IRWXU)
     calls = tmp_path / 'calls.txt'
-    out = subprocess.run(['bash', str(repo / 'tools' / 'gpu_checks.sh'), 'train'], capture_output=True, text=True,
+    calls.unlink(missing_ok=True)
+    out = subprocess.run(['bash', str(repo / 'tools' / 'gpu_checks.sh'), *stages], capture_output=True, text=True,
                          timeout=120, cwd=tmp_path,
                          env={**os.environ, 'PATH': f'{bin_dir}:{os.environ["PATH"]}',
                               'PYTHON': str(bin_dir / 'python'), 'CALLS': str(calls), 'BUDGET': '400', **env})
@@ -68,7 +76,7 @@ def test_the_main_job_pretrains_then_fine_tunes_from_those_weights(tmp_path):
     assert flag(pretrain, '--cfg') == 'cfgs/shapes_gpu.yml'
     assert (flag(pretrain, '--bs'), flag(pretrain, '--steps'), flag(pretrain, '--lr')) == ('128', '600', '0.004')
     train, = script_calls(calls, 'trainval_net.py')
-    assert flag(train, '--weights') == flag(pretrain, '--output') == 'output/gpu_checks/res50_shapes_crops.pth'
+    assert flag(train, '--weights') == flag(pretrain, '--output') == 'output/gpu_pretrain/res50_shapes_crops.pth'
     assert '--set' not in train  # the yml's fine-tuning rules stand
     test, = script_calls(calls, 'test_net.py')  # frozen BatchNorm: its running averages only
     assert flag(test, '--bn_stats') == 'running'
@@ -91,3 +99,27 @@ def test_a_weights_file_is_used_as_it_is(tmp_path):
     assert not script_calls(calls, 'tools/pretrain_backbone.py')
     train, = script_calls(calls, 'trainval_net.py')
     assert flag(train, '--weights') == weights and '--set' not in train
+
+
+def test_a_later_call_reuses_the_backbone_pretrained_with_the_same_arguments(tmp_path):
+    run_train_stage(tmp_path)
+    calls, summary = run_train_stage(tmp_path)  # the same machine, a second call
+    assert not script_calls(calls, 'tools/pretrain_backbone.py') and 'not redone' in summary
+    train, = script_calls(calls, 'trainval_net.py')
+    assert flag(train, '--weights') == 'output/gpu_pretrain/res50_shapes_crops.pth'
+    calls, _ = run_train_stage(tmp_path, PRETRAIN_ARGS='--bs 64 --steps 900')  # other arguments: pretrained again
+    pretrain, = script_calls(calls, 'tools/pretrain_backbone.py')
+    assert (flag(pretrain, '--bs'), flag(pretrain, '--steps')) == ('64', '900')
+
+
+def test_pretraining_runs_beside_the_cuda_tests_and_ends_before_anything_is_timed(tmp_path):
+    calls, summary = run_train_stage(tmp_path, stages=('pretrain', 'ops', 'bench', 'probe'), PRETRAIN_SLEEP='3',
+                                     PROBE_MIN_LEFT='0')
+    names = [c[0] if c[0] != '-m' else c[1] for c in calls if c[0] in ('-m', 'pretraining') or c[0].endswith('.py')]
+    done = names.index('pretraining')
+    assert names.index('tools/pretrain_backbone.py') < done
+    assert 'pytest' in names[:done]  # the CUDA tests did not wait for it
+    assert names.index('tools/bench_ops.py') > done and names.index('tools/bench.py') > done
+    probe, = script_calls(calls, 'trainval_net.py')  # the probe: random weights, for its speed only
+    assert flag(probe, '--weights') == 'none'
+    assert '== pretrain: exit 0' in summary

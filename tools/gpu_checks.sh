@@ -9,6 +9,10 @@
 #   bash tools/gpu_checks.sh ops              # build, CUDA tests of the ops and the model, bench_ops
 #   bash tools/gpu_checks.sh probe train      # 80 iterations of the GPU main job give its speed, then the main
 #                                             # job with the schedule that fills the time left, and test_net
+#   bash tools/gpu_checks.sh pretrain ops bench probe   # the main job's data and backbone pretraining run in the
+#                                             # background during the CUDA tests (the GPU is shared, nothing is
+#                                             # timed then); every stage that times waits for them first. A later
+#                                             # call's train stage on the same machine reuses that backbone.
 #
 # Every stage runs under a deadline: BUDGET seconds (default 560) from the start of the script, so that one
 # command of at most 600 s always ends by itself and copies its results; a stage that would pass the deadline is
@@ -29,7 +33,9 @@ START=$(date +%s)
 BUDGET=${BUDGET:-560}
 STAGES=${*:-ops bench}
 for s in $STAGES; do  # a typo fails here, not after the build
-  case $s in ops|bench|probe|train) ;; *) echo "unknown stage '$s'; expected ops, bench, probe or train" >&2; exit 2 ;; esac
+  case $s in pretrain|ops|bench|probe|train) ;;
+    *) echo "unknown stage '$s'; expected pretrain, ops, bench, probe or train" >&2; exit 2 ;;
+  esac
 done
 LOGS=output/gpu_checks
 PROBE_LOG=output/gpu_probe.log  # outside $LOGS: a later call on the same machine still finds it
@@ -99,6 +105,7 @@ NET=${NET:-res50}
 # README command (a)), 'none' (from scratch), or a weights file
 WEIGHTS=${WEIGHTS:-pretrain}
 PRETRAIN_ARGS=${PRETRAIN_ARGS:-"--bs 128 --steps 600 --lr 0.004"}
+PRETRAINED=output/gpu_pretrain/${NET}_shapes_crops.pth  # outside $LOGS: a later call on the same machine reuses it
 SCRATCH=()  # cfgs/shapes_gpu.yml's fine-tuning rules (frozen BatchNorm, fixed blocks) would freeze random weights
 [ "$WEIGHTS" != none ] || SCRATCH=(--set TRAIN.BN_TRAIN True RESNET.FIXED_BLOCKS 0)
 TRAIN_ARGS_GIVEN=${TRAIN_ARGS:+yes}
@@ -125,8 +132,39 @@ else
   mkdir -p build && echo "$sources_sha" > "$STAMP"
 fi
 
+pretrain_backbone() {  # the main job's data and backbone; the backbone of an earlier call with the same arguments
+  # is kept (the stamp beside it is written only after a pretraining that succeeded)
+  if [ -f "$PRETRAINED" ] && [ "$(cat "$PRETRAINED.args" 2>/dev/null)" = "$NET $PRETRAIN_ARGS" ]; then
+    echo "== pretrain: $PRETRAINED of an earlier call, same arguments; not redone" | tee -a "$LOGS/summary.txt"
+    return 0
+  fi
+  rm -f "$PRETRAINED.args"
+  mkdir -p "$(dirname "$PRETRAINED")"
+  stage data 120 "$PY" tools/make_shapes_voc.py || return 1
+  # shellcheck disable=SC2086
+  stage pretrain 240 "$PY" tools/pretrain_backbone.py --dataset shapes --net "$NET" --cfg cfgs/shapes_gpu.yml \
+    --cuda --val --output "$PRETRAINED" $PRETRAIN_ARGS || return 1
+  echo "$NET $PRETRAIN_ARGS" > "$PRETRAINED.args"
+}
+
+BACKGROUND=  # the pid of the pretrain stage when it runs beside the others
+wait_background() {  # before anything that times the GPU, and before the end
+  [ -n "$BACKGROUND" ] || return 0
+  echo "== waiting for the background pretrain stage"
+  wait "$BACKGROUND" || status=1
+  BACKGROUND=
+}
+
 for s in $STAGES; do
   case $s in
+    pretrain)
+      if [ "$s" = "${STAGES##* }" ]; then  # the last stage: nothing to run beside it
+        pretrain_backbone || status=1
+      else  # its output only to its logs, so that the screen keeps the foreground stages' output
+        pretrain_backbone > /dev/null 2>&1 &
+        BACKGROUND=$!
+      fi
+      ;;
     ops)
       # the CUDA half of the op and model tests (the CPU half is what CI runs), then the op benchmark. With
       # pytest-xdist (the lent machines have it) a test that crashes the process (a segfault, as the first lent
@@ -136,15 +174,18 @@ for s in $STAGES; do
       stage cuda_tests 240 "$PY" -m pytest -q -rs -o timeout=120 "${xdist[@]}" -m cuda tests/model/roi_layers \
         tests/model/faster_rcnn
       stage build_tests 60 "$PY" -m pytest -q -rs -o timeout=60 tests/model/roi_layers/test_build.py
+      wait_background
       stage bench_ops 150 "$PY" tools/bench_ops.py --device cuda --json "$LOGS/bench_ops.json"
       ;;
     bench)
       # the ops were timed by bench_ops above
+      wait_background
       # --profile: where each model's time goes and its host syncs, so a missed target comes with its reason
       stage bench 300 "$PY" tools/bench.py --device cuda --sections train,test,loader --profile \
         --json "$LOGS/bench.json"
       ;;
     probe)
+      wait_background
       # the main job's training speed, so that the train stage's schedule, lr decay included, fits its time
       # (the limit would cut a longer one, perhaps before its decay; a shorter one leaves time unused)
       if [ "$(left)" -lt "$PROBE_MIN_LEFT" ]; then  # the probe would eat most of what training needs
@@ -163,13 +204,13 @@ for s in $STAGES; do
         | tee -a "$LOGS/summary.txt"
       ;;
     train)
-      stage data 120 "$PY" tools/make_shapes_voc.py || continue
+      wait_background
       weights=$WEIGHTS
       if [ "$WEIGHTS" = pretrain ]; then
-        weights=$LOGS/${NET}_shapes_crops.pth
-        # shellcheck disable=SC2086
-        stage pretrain 240 "$PY" tools/pretrain_backbone.py --dataset shapes --net "$NET" --cfg cfgs/shapes_gpu.yml \
-          --cuda --val --output "$weights" $PRETRAIN_ARGS || continue
+        pretrain_backbone || { status=1; continue; }
+        weights=$PRETRAINED
+      else
+        stage data 120 "$PY" tools/make_shapes_voc.py || continue
       fi
       seconds=$(( $(left) - TEST_RESERVE ))
       if [ -n "${TRAIN_SECONDS:-}" ] && [ "$TRAIN_SECONDS" -lt "$seconds" ]; then seconds=$TRAIN_SECONDS; fi
@@ -199,4 +240,5 @@ for s in $STAGES; do
       ;;
   esac
 done
+wait_background
 exit $status
