@@ -120,6 +120,14 @@ def test_pretraining_runs_beside_the_cuda_tests_and_ends_before_anything_is_time
     assert names.index('tools/pretrain_backbone.py') < done
     assert 'pytest' in names[:done]  # the CUDA tests did not wait for it
     assert names.index('tools/bench_ops.py') > done and names.index('tools/bench.py') > done
-    probe, = script_calls(calls, 'trainval_net.py')  # the probe: random weights, for its speed only
-    assert flag(probe, '--weights') == 'none'
+    probe, = script_calls(calls, 'trainval_net.py')  # the probe: the main job's start, for its speed
+    assert flag(probe, '--weights') == 'output/gpu_pretrain/res50_shapes_crops.pth' and '--set' not in probe
+    assert len(script_calls(calls, 'tools/pretrain_backbone.py')) == 1  # pretrained once, beside the tests
     assert '== pretrain: exit 0' in summary
+
+
+def test_the_probe_from_scratch_trains_batchnorm_as_the_main_job_does(tmp_path):
+    calls, _ = run_train_stage(tmp_path, stages=('probe',), WEIGHTS='none', PROBE_MIN_LEFT='0')
+    probe, = script_calls(calls, 'trainval_net.py')
+    assert flag(probe, '--weights') == 'none'
+    assert probe[probe.index('--set'):] == ['--set', 'TRAIN.BN_TRAIN', 'True', 'RESNET.FIXED_BLOCKS', '0']

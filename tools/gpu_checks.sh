@@ -43,6 +43,7 @@ rm -rf "$LOGS"
 mkdir -p "$LOGS"
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
+export PYTHONFAULTHANDLER=1  # a crash in a native library prints the Python stack it happened under
 status=0
 TEST_RESERVE=100  # seconds kept for the two test_net runs after training
 KILL_AFTER=45     # seconds between a stage's SIGTERM and SIGKILL (the trainer finishes its iteration and saves)
@@ -147,6 +148,16 @@ pretrain_backbone() {  # the main job's data and backbone; the backbone of an ea
   echo "$NET $PRETRAIN_ARGS" > "$PRETRAINED.args"
 }
 
+main_job_weights() {  # sets $weights, the main job's --weights, after making the data (and the backbone)
+  weights=$WEIGHTS
+  if [ "$WEIGHTS" = pretrain ]; then
+    pretrain_backbone || { status=1; return 1; }
+    weights=$PRETRAINED
+  else
+    stage data 120 "$PY" tools/make_shapes_voc.py || return 1
+  fi
+}
+
 BACKGROUND=  # the pid of the pretrain stage when it runs beside the others
 wait_background() {  # before anything that times the GPU, and before the end
   [ -n "$BACKGROUND" ] || return 0
@@ -193,10 +204,11 @@ for s in $STAGES; do
           | tee -a "$LOGS/summary.txt"
         continue
       fi
-      stage data 120 "$PY" tools/make_shapes_voc.py || continue
-      # random weights, but the main job's settings (frozen BatchNorm and fixed blocks unless WEIGHTS=none), so
-      # its speed is the main job's; after TRAIN_ARGS: the last of a repeated flag wins
-      stage probe 150 "$PY" trainval_net.py --dataset shapes --net "$NET" --weights none --cfg cfgs/shapes_gpu.yml \
+      # the main job's weights and settings, so that its speed is the main job's (random weights under frozen
+      # BatchNorm diverge at once: the first lent H100 saw a NaN loss at iteration 1 and no speed); after
+      # TRAIN_ARGS: the last of a repeated flag wins
+      main_job_weights || continue
+      stage probe 150 "$PY" trainval_net.py --dataset shapes --net "$NET" --weights "$weights" --cfg cfgs/shapes_gpu.yml \
         --cuda --s 9 --save_dir "$LOGS/probe_models" $TRAIN_ARGS --disp_interval 20 --epochs 1 --max_iters 80 \
         --checkpoint_interval 0 ${SCRATCH[@]+"${SCRATCH[@]}"} || continue
       cp "$LOGS/probe.log" "$PROBE_LOG"
@@ -205,13 +217,7 @@ for s in $STAGES; do
       ;;
     train)
       wait_background
-      weights=$WEIGHTS
-      if [ "$WEIGHTS" = pretrain ]; then
-        pretrain_backbone || { status=1; continue; }
-        weights=$PRETRAINED
-      else
-        stage data 120 "$PY" tools/make_shapes_voc.py || continue
-      fi
+      main_job_weights || continue
       seconds=$(( $(left) - TEST_RESERVE ))
       if [ -n "${TRAIN_SECONDS:-}" ] && [ "$TRAIN_SECONDS" -lt "$seconds" ]; then seconds=$TRAIN_SECONDS; fi
       args=$TRAIN_ARGS
