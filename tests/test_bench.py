@@ -196,3 +196,83 @@ def test_a_failed_capture_is_reported_and_skipped(bench, capsys):
     assert bench.capture_or_warn(make, 'train bs 4 bf16') is None
     assert ('WARNING: train bs 4 bf16: the CUDA graph capture failed: RuntimeError: operation not permitted'
             in capsys.readouterr().out)
+
+
+def fake_rows(keys, ms):
+    timing = {'img_s': 1.0, 'peak_mb_per_img': 1.0, 'proposals': None}
+    return [{'section': k.split(':')[0], 'bs': int(k.split(':')[1]), 'amp': k.split(':')[2],
+             'ours_graph': dict(timing, ms=ms)} for k in keys]
+
+
+def test_graph_rows_run_in_a_child_process_and_a_crash_costs_only_its_row(bench, tmp_path, capsys):
+    args = bench.parse_args(['--device', 'cuda', '--bs', '1', '4', '--amp', 'fp32', '--json',
+                             str(tmp_path / 'bench.json')])
+    results = bench.Results(args.json, {})
+    timing = {'img_s': 10.0, 'peak_mb_per_img': 1.0, 'proposals': 2000}
+    for section, bs in (('train', 1), ('train', 4), ('test', 1)):
+        results.append({'section': section, 'bs': bs, 'amp': 'fp32', 'ours': dict(timing, ms=40.0),
+                        'torchvision': dict(timing, ms=80.0), 'speedup': 2.0})
+    results.append({'section': 'loader', 'img_s': 100.0})
+    asked = []
+
+    class Done:
+        def __init__(self, returncode):
+            self.returncode = returncode
+
+    def run(argv):  # the first child measures one row and segfaults in the second; the next one does the rest
+        child = bench.parse_args(argv[2:])
+        keys = child.graph_rows.split(',')
+        asked.append(keys)
+        assert (child.device, child.bs, child.amp) == ('cuda', [1, 4], ['fp32'])
+        assert child.graph_child.endswith('.json')
+        with open(child.graph_child, 'w') as f:
+            json.dump({'results': fake_rows(keys[:1] if len(asked) == 1 else keys, ms=20.0)}, f)
+        return Done(-11 if len(asked) == 1 else 0)
+
+    bench.run_graph_rows(args, results, run=run)
+    assert asked == [['train:1:fp32', 'train:4:fp32', 'test:1:fp32'], ['test:1:fp32']]
+    first, crashed, test_row, _ = results
+    assert first['ours_graph']['ms'] == 20.0 and first['graph_speedup'] == pytest.approx(4.0)
+    assert first['ours_graph']['proposals'] == 2000  # the eager row's count
+    assert 'ours_graph' not in crashed
+    assert crashed['graph_error'] == 'the process replaying the graph ended with signal SIGSEGV'
+    assert test_row['graph_speedup'] == pytest.approx(4.0)
+    out = capsys.readouterr().out
+    assert 'WARNING: train bs 4 fp32: the process replaying the graph ended with signal SIGSEGV; 1 graph rows' in out
+    assert out.count('ours replayed from a CUDA graph') == 2
+    saved = json.loads((tmp_path / 'bench.json').read_text())['results']
+    assert saved[1]['graph_error'].endswith('SIGSEGV') and saved[2]['ours_graph']['ms'] == 20.0
+    assert (tmp_path / 'bench_graph_rows.json').exists()  # the child's own file stays, for a run stopped early
+
+    def quiet_child(argv):  # ends well, measures nothing: no endless relaunching
+        asked.append(argv)
+        return Done(0)
+    asked.clear()
+    bench.run_graph_rows(args, results, run=quiet_child)
+    assert len(asked) == 1 and all(r['graph_error'].endswith('without measuring it') for r in results[:3])
+
+
+def test_a_graph_rows_child_measures_only_its_rows(bench, tmp_path, capsys):
+    """The child's own code path, on the CPU: GraphedStep refuses CPU tensors, so each row it was given comes
+    back with that reason, and nothing else is measured."""
+    path = tmp_path / 'rows.json'
+    rows = bench.main(['--device', 'cpu', '--net', 'res18', '--height', '64', '--width', '96', '--bs', '1', '2',
+                       '--iters', '1', '--warmup', '0', '--graph_child', str(path), '--graph_rows',
+                       'train:2:fp32,test:1:fp32'])
+    assert [bench.row_key(r) for r in rows] == ['train:2:fp32', 'test:1:fp32']
+    for r in rows:
+        assert 'ours' not in r and 'torchvision' not in r
+        assert r['graph_error'].startswith('the CUDA graph capture failed: ValueError: GraphedStep: CUDA graphs need')
+    assert json.loads(path.read_text())['results'] == rows
+    assert 'device:' not in capsys.readouterr().out  # the parent prints the header and the rows
+
+
+def test_the_graph_rows_child_is_this_script_with_the_parents_settings(bench, tmp_path):
+    """run_graph_rows with a real child process (on the CPU, where every capture is refused with a reason)."""
+    args = bench.parse_args(['--device', 'cpu', '--net', 'res18', '--height', '64', '--width', '96', '--bs', '1',
+                             '--iters', '1', '--warmup', '0', '--json', str(tmp_path / 'b.json')])
+    results = bench.Results(args.json, {})
+    timing = {'ms': 1.0, 'img_s': 1.0, 'peak_mb_per_img': 1.0, 'proposals': 10}
+    results.append({'section': 'test', 'bs': 1, 'amp': 'fp32', 'ours': timing, 'torchvision': timing})
+    bench.run_graph_rows(args, results)
+    assert results[0]['graph_error'].startswith('the CUDA graph capture failed: ValueError: GraphedStep')

@@ -8,7 +8,10 @@ Sections (all on the same device, same inputs, printed as one table with ratios)
 
 On CUDA the train and test rows also time this project's step captured in one CUDA graph and replayed
 (lib/model/utils/cuda_graph.py: the same model, inputs and work, without the host's per-op dispatch); --no-graph
-leaves it out.
+leaves it out. Those graph rows run in a child process after the others: the first lent H100 run of this script
+segfaulted in the first replay of the first graph row, after the eager and torchvision rows had run in the same
+process, while the same replays in fresh processes ran (docs/BENCHMARKS.md). A crash there now costs the row
+it happened in: it is reported, and a new child process measures the rows after it.
 
     python tools/bench.py --device cuda                 # the full GPU run recorded in docs/BENCHMARKS.md
     python tools/bench.py --device cpu --quick          # small sizes, runs (slowly) anywhere
@@ -17,8 +20,11 @@ import argparse
 import json
 import os
 import os.path as osp
+import signal
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 
 import torch
@@ -253,26 +259,109 @@ AMP_DTYPES = {'fp32': None, 'bf16': torch.bfloat16}
 
 
 def model_kinds(args):
-    """The models of a train or test row: ours, torchvision's, and ours replayed from a CUDA graph (last, so that
-    a capture that fails cannot spoil the other two)."""
-    return ('ours', 'torchvision') + (('ours_graph',) if args.graph else ())
+    """The models of a train or test row in this process: ours and torchvision's, or in a graph-rows child
+    process (--graph_child) ours replayed from a CUDA graph alone (run_graph_rows)."""
+    return ('ours_graph',) if args.graph_child else ('ours', 'torchvision')
 
 
-def capture_or_warn(make, what):
-    """make() -> a GraphedStep, or None after printing why the capture failed (the rest of the run goes on)."""
+def row_key(row):
+    return f"{row['section']}:{row['bs']}:{row['amp']}"
+
+
+def wanted(args, row):
+    """Whether this process measures the row: every row, except in a graph-rows child (those it was given)."""
+    return not args.graph_child or row_key(row) in args.graph_rows.split(',')
+
+
+def capture_or_warn(make, what, row=None):
+    """make() -> a GraphedStep, or None after printing why the capture failed (the rest of the run goes on); the
+    reason also goes into row['graph_error']."""
     try:
         return make()
     except Exception as e:  # a GPU run is too scarce to lose to one row
-        print(f'WARNING: {what}: the CUDA graph capture failed: {type(e).__name__}: {e}', flush=True)
+        message = f'the CUDA graph capture failed: {type(e).__name__}: {e}'
+        print(f'WARNING: {what}: {message}', flush=True)
+        if row is not None:
+            row['graph_error'] = message
         return None
+
+
+def finish_row(args, row, results):
+    """Records a measured row; prints it (a graph-rows child leaves the printing to its parent)."""
+    if not args.graph_child:
+        add_speedups(row)
+    results.append(row)
+    if not args.graph_child:
+        print_row(row)
+
+
+def graph_child_argv(args, rows, path):
+    """The command line of a child process that measures the graph rows of ``rows`` as this run would have."""
+    argv = [sys.executable, osp.abspath(__file__), '--device', args.device, '--net', args.net,
+            '--sections', ','.join(sorted({r['section'] for r in rows})),
+            '--bs', *map(str, args.bs), '--amp', *args.amp, '--height', str(args.height), '--width', str(args.width),
+            '--warmup', str(args.warmup), '--iters', str(args.iters), '--num_classes', str(args.num_classes),
+            '--graph_child', path, '--graph_rows', ','.join(row_key(r) for r in rows)]
+    return argv + (['--profile'] if args.profile else [])
+
+
+def describe_exit(returncode):
+    if returncode < 0:
+        try:
+            return f'signal {signal.Signals(-returncode).name}'
+        except ValueError:
+            return f'signal {-returncode}'
+    return f'exit status {returncode}'
+
+
+def run_graph_rows(args, results, run=subprocess.run):
+    """Adds 'ours replayed from a CUDA graph' to every train and test row of ``results``, measured in a child
+    process (this script with --graph_child) that writes each row as it finishes. A child that dies (the
+    segfault of the first lent H100 run) costs the row it was measuring: the row gets a graph_error, and a new
+    child measures the rows after it."""
+    todo = [r for r in results if r.get('section') in ('train', 'test')]
+    while todo:
+        with tempfile.TemporaryDirectory() as tmp:
+            # beside --json when there is one, so that a run stopped at a time limit keeps the child's rows
+            path = osp.splitext(args.json)[0] + '_graph_rows.json' if args.json else osp.join(tmp, 'graph_rows.json')
+            if osp.exists(path):
+                os.remove(path)
+            returncode = run(graph_child_argv(args, todo, path)).returncode
+            done = []
+            if osp.exists(path):
+                with open(path) as f:
+                    done = json.load(f)['results']
+        for measured in done:
+            row = todo.pop(0)  # the child measures its rows in the order given
+            if row_key(measured) != row_key(row):
+                raise RuntimeError(f'graph rows: expected {row_key(row)} from the child, got {row_key(measured)}')
+            if 'ours_graph' in measured:
+                row['ours_graph'] = dict(measured['ours_graph'], proposals=row['ours']['proposals'])
+                add_speedups(row)
+                print_graph_row(row)
+            else:
+                row['graph_error'] = measured.get('graph_error', 'not measured')
+        if returncode != 0 and todo:
+            row = todo.pop(0)
+            row['graph_error'] = f'the process replaying the graph ended with {describe_exit(returncode)}'
+            print(f"WARNING: {row['section']} bs {row['bs']} {row['amp']}: {row['graph_error']}; "
+                  f'{len(todo)} graph rows after it go to a new process', flush=True)
+        elif todo:  # a child that ended well without all its rows: nothing a new one would do better
+            for row in todo:
+                row['graph_error'] = 'the process replaying the graphs ended without measuring it'
+            print(f'WARNING: {len(todo)} graph rows were not measured', flush=True)
+            todo = []
+        results.save()
 
 
 def bench_train(args, device, num_classes, results):
     from lib.model.utils.cuda_graph import GraphedStep, train_step
     for bs in args.bs:
         for amp in args.amp:
-            ours_in, tv_in = make_inputs(bs, args.height, args.width, 4, num_classes, device)
             row = {'section': 'train', 'bs': bs, 'amp': amp}
+            if not wanted(args, row):
+                continue
+            ours_in, tv_in = make_inputs(bs, args.height, args.width, 4, num_classes, device)
             for kind in model_kinds(args):
                 torch.manual_seed(0)
                 if kind == 'ours':
@@ -289,7 +378,7 @@ def bench_train(args, device, num_classes, results):
                 elif kind == 'ours_graph':
                     model = build_ours(num_classes, args.net).to(device).train()
                     graphed = capture_or_warn(lambda model=model: GraphedStep(
-                        train_step(model, sgd_for(model), AMP_DTYPES[amp]), ours_in), f'train bs {bs} {amp}')
+                        train_step(model, sgd_for(model), AMP_DTYPES[amp]), ours_in), f'train bs {bs} {amp}', row)
                     if graphed is None:
                         del model
                         continue
@@ -307,7 +396,8 @@ def bench_train(args, device, num_classes, results):
                         loss.backward()
                         opt.step()
                 # one more warm-up step; a replay runs no Python hook, so the graph row takes the eager count
-                proposals = row['ours']['proposals'] if kind == 'ours_graph' else count_proposals(model, step)
+                # (filled in by run_graph_rows)
+                proposals = None if kind == 'ours_graph' else count_proposals(model, step)
                 reset_peak(device)
                 ms = time_ms(step, device, args.warmup, args.iters)
                 row[kind] = {'ms': ms, 'img_s': bs * 1000.0 / ms, 'peak_mb_per_img': peak_mb(device) / bs,
@@ -315,17 +405,17 @@ def bench_train(args, device, num_classes, results):
                 if args.profile and bs == max(args.bs) and amp == args.amp[-1]:
                     row[kind]['profile'] = profile_step(step, device)
                 del model, step
-            add_speedups(row)
-            results.append(row)
-            print_row(row)
+            finish_row(args, row, results)
 
 
 def bench_test(args, device, num_classes, results):
     from lib.model.utils.cuda_graph import GraphedStep, detect_step
     from lib.model.utils.test_utils import detections_from_table, im_detect, postprocess_detections
     for amp in args.amp:
-        ours_in, tv_in = make_inputs(1, args.height, args.width, 4, num_classes, device)
         row = {'section': 'test', 'bs': 1, 'amp': amp}
+        if not wanted(args, row):
+            continue
+        ours_in, tv_in = make_inputs(1, args.height, args.width, 4, num_classes, device)
         for kind in model_kinds(args):  # one model alive at a time, so each peak holds its own weights only
             torch.manual_seed(0)
             if kind == 'ours':
@@ -340,7 +430,7 @@ def bench_test(args, device, num_classes, results):
             elif kind == 'ours_graph':
                 model = build_ours(num_classes, args.net).to(device).eval()
                 graphed = capture_or_warn(lambda model=model: GraphedStep(
-                    detect_step(model, 0.0, cfg.TEST.NMS, 100, AMP_DTYPES[amp]), ours_in[:2]), f'test {amp}')
+                    detect_step(model, 0.0, cfg.TEST.NMS, 100, AMP_DTYPES[amp]), ours_in[:2]), f'test {amp}', row)
                 if graphed is None:
                     del model
                     continue
@@ -355,16 +445,14 @@ def bench_test(args, device, num_classes, results):
                 def fn(model=model):
                     with autocast_ctx(device, amp):
                         return model(tv_in[0])
-            proposals = row['ours']['proposals'] if kind == 'ours_graph' else count_proposals(model, fn)
+            proposals = None if kind == 'ours_graph' else count_proposals(model, fn)
             reset_peak(device)
             ms = time_ms(fn, device, args.warmup, args.iters)
             row[kind] = {'ms': ms, 'img_s': 1000.0 / ms, 'peak_mb_per_img': peak_mb(device), 'proposals': proposals}
             if args.profile and amp == args.amp[-1]:
                 row[kind]['profile'] = profile_step(fn, device)
             del model, fn
-        add_speedups(row)
-        results.append(row)
-        print_row(row)
+        finish_row(args, row, results)
 
 
 def add_speedups(row):
@@ -431,14 +519,20 @@ def print_row(row):
               f"{o['proposals']} / {t['proposals']} proposals, so the times compare unequal work "
               "(at 600 x 1000 both keep 300 at test and 2000 in training)", flush=True)
     if 'ours_graph' in row:
-        g = row['ours_graph']
-        print(f"{row['section']:<6} bs {row['bs']} {row['amp']:<5}  ours replayed from a CUDA graph {g['ms']:9.2f} ms "
-              f"{g['img_s']:7.2f} img/s {g['peak_mb_per_img']:8.0f} MB/img | speedup x{row['graph_speedup']:.2f}",
-              flush=True)
+        print_graph_row(row, profile=False)
     for kind in ('ours', 'torchvision', 'ours_graph'):
         if 'profile' in row.get(kind, {}):
             print_profile(f"{row['section']} bs {row['bs']} {row['amp']} {kind}", row[kind]['profile'],
                           row[kind]['ms'])
+
+
+def print_graph_row(row, profile=True):
+    g = row['ours_graph']
+    print(f"{row['section']:<6} bs {row['bs']} {row['amp']:<5}  ours replayed from a CUDA graph {g['ms']:9.2f} ms "
+          f"{g['img_s']:7.2f} img/s {g['peak_mb_per_img']:8.0f} MB/img | speedup x{row['graph_speedup']:.2f}",
+          flush=True)
+    if profile and 'profile' in g:
+        print_profile(f"{row['section']} bs {row['bs']} {row['amp']} ours_graph", g['profile'], g['ms'])
 
 
 def parse_args(argv=None):
@@ -460,6 +554,8 @@ def parse_args(argv=None):
     p.add_argument('--json', default=None, help='also write the results here')
     p.add_argument('--graph', action=argparse.BooleanOptionalAction, default=None,
                    help='also time our train and test steps replayed from a CUDA graph (default: on CUDA)')
+    p.add_argument('--graph_child', default=None, help=argparse.SUPPRESS)  # run_graph_rows: results file
+    p.add_argument('--graph_rows', default='', help=argparse.SUPPRESS)  # run_graph_rows: section:bs:amp,...
     p.add_argument('--profile', action='store_true',
                    help='also profile both models (torch.profiler) in the train row of the largest batch and the '
                         'last --amp, and in the test row of the last --amp: top ops by self time on the device, '
@@ -491,13 +587,13 @@ class Results(list):
 
     def append(self, row):
         super().append(row)
-        self._save()
+        self.save()
 
     def extend(self, rows):
         super().extend(rows)
-        self._save()
+        self.save()
 
-    def _save(self):
+    def save(self):
         if not self.path:
             return
         os.makedirs(osp.dirname(osp.abspath(self.path)), exist_ok=True)
@@ -516,16 +612,22 @@ def main(argv=None):
     cfg_from_list(['ANCHOR_SCALES', '[8, 16, 32]', 'TRAIN.SCALES', f'[{args.height}]',
                    'TRAIN.MAX_SIZE', str(max(args.width, args.height))])
     sections = set(args.sections.split(','))
-    print(f'device: {device_name(device)} | torch {torch.__version__} | {args.net} '
-          f'{args.height}x{args.width} | warmup {args.warmup}, median of {args.iters}', flush=True)
-    results = Results(args.json, {'device': device_name(device), 'torch': torch.__version__, 'args': vars(args)})
+    if args.graph_child:  # run_graph_rows's child: its rows go to the parent through this file
+        sections &= {'train', 'test'}
+    else:
+        print(f'device: {device_name(device)} | torch {torch.__version__} | {args.net} '
+              f'{args.height}x{args.width} | warmup {args.warmup}, median of {args.iters}', flush=True)
+    results = Results(args.graph_child or args.json,
+                      {'device': device_name(device), 'torch': torch.__version__, 'args': vars(args)})
     for name, run in (('train', lambda: bench_train(args, device, args.num_classes, results)),
                       ('test', lambda: bench_test(args, device, args.num_classes, results)),
+                      ('graph', lambda: run_graph_rows(args, results)),
                       ('ops', lambda: bench_ops_section(args, device, results)),
                       ('loader', lambda: bench_loader(args, results))):
-        if name not in sections:
-            continue
-        run()
+        if name == 'graph' and args.graph and not args.graph_child:
+            run()
+        elif name in sections:
+            run()
     return list(results)
 
 
