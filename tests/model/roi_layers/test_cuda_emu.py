@@ -173,7 +173,9 @@ def _geometry(dtype):
     # zero-area, out-of-image and whole-image rois, and one with an out-of-range batch index (the GPU gives
     # zeros there rather than sync to check it)
     extra = torch.tensor([[0, 50.0, 50.0, 50.0, 50.0], [1, 500.0, 400.0, 600.0, 500.0], [0, 0.0, 0.0, 399.0, 319.0],
-                          [1, -40.0, -30.0, -2.0, -1.0], [2, 10.0, 10.0, 200.0, 200.0]], dtype=torch.float64)
+                          [1, -40.0, -30.0, -2.0, -1.0], [2, 10.0, 10.0, 200.0, 200.0],
+                          # corners at half cells at 1/16 (0.5, 1.5, 2.5, 3.5; -0.5 below): rounded away from 0
+                          [0, 8.0, 24.0, 40.0, 56.0], [1, -8.0, -24.0, 72.0, 88.0]], dtype=torch.float64)
     return x.to(dtype), torch.cat([rois, extra]).to(dtype)
 
 
@@ -181,38 +183,46 @@ def _valid(rois):
     return rois[:, 0] < 2
 
 
+# 1/16: float and half inputs take the kernels' float geometry (a power-of-two scale, exact in float), double
+# inputs the double one; 1/12 (not exact in float): the double geometry for every dtype. Both must give the CPU's
+# cells exactly.
+SCALES = [pytest.param(1 / 16, id='scale-1/16'), pytest.param(1 / 12, id='scale-1/12')]
+
+
+@pytest.mark.parametrize('scale', SCALES)
 @pytest.mark.parametrize('schedule', SCHEDULES[::2])
 @pytest.mark.parametrize('launch', LAUNCHES)
 @pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
-def test_roi_pool_kernels_match_cpu(emu, launch, schedule, dtype):
+def test_roi_pool_kernels_match_cpu(emu, launch, schedule, dtype, scale):
     emu.configure(grid_cap=launch[0], force_int64=launch[1], schedule=schedule)
     x, rois = _geometry(dtype)
     valid = _valid(rois)
-    out, argmax = emu.roi_pool_forward(x, rois, 1 / 16, 3, 4)
-    ref, ref_argmax = CPU.roi_pool_forward(x, rois[valid], 1 / 16, 3, 4)
+    out, argmax = emu.roi_pool_forward(x, rois, scale, 3, 4)
+    ref, ref_argmax = CPU.roi_pool_forward(x, rois[valid], scale, 3, 4)
     torch.testing.assert_close(out[valid], ref, rtol=0, atol=0)
     torch.testing.assert_close(argmax[valid], ref_argmax, rtol=0, atol=0)
     assert (out[~valid] == 0).all() and (argmax[~valid] == -1).all()
     grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=dtype)
-    grad_x = emu.roi_pool_backward(grad, rois, argmax, 1 / 16, 3, 4, 2, 5, 20, 25)
-    ref_grad = CPU.roi_pool_backward(grad[valid], rois[valid], ref_argmax, 1 / 16, 3, 4, 2, 5, 20, 25)
+    grad_x = emu.roi_pool_backward(grad, rois, argmax, scale, 3, 4, 2, 5, 20, 25)
+    ref_grad = CPU.roi_pool_backward(grad[valid], rois[valid], ref_argmax, scale, 3, 4, 2, 5, 20, 25)
     torch.testing.assert_close(grad_x, ref_grad)
 
 
+@pytest.mark.parametrize('scale', SCALES)
 @pytest.mark.parametrize('schedule', SCHEDULES[::2])
 @pytest.mark.parametrize('launch', LAUNCHES)
 @pytest.mark.parametrize('dtype,sampling_ratio', [(torch.float32, 0), (torch.float32, 2), (torch.float64, 0)])
-def test_roi_align_kernels_match_cpu(emu, launch, schedule, dtype, sampling_ratio):
+def test_roi_align_kernels_match_cpu(emu, launch, schedule, dtype, sampling_ratio, scale):
     emu.configure(grid_cap=launch[0], force_int64=launch[1], schedule=schedule)
     x, rois = _geometry(dtype)
     valid = _valid(rois)
-    out = emu.roi_align_forward(x, rois, 1 / 16, 3, 4, sampling_ratio)
-    ref = CPU.roi_align_forward(x, rois[valid], 1 / 16, 3, 4, sampling_ratio)
+    out = emu.roi_align_forward(x, rois, scale, 3, 4, sampling_ratio)
+    ref = CPU.roi_align_forward(x, rois[valid], scale, 3, 4, sampling_ratio)
     torch.testing.assert_close(out[valid], ref)
     assert (out[~valid] == 0).all()
     grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=dtype)
-    grad_x = emu.roi_align_backward(grad, rois, 1 / 16, 3, 4, 2, 5, 20, 25, sampling_ratio)
-    ref_grad = CPU.roi_align_backward(grad[valid], rois[valid], 1 / 16, 3, 4, 2, 5, 20, 25, sampling_ratio)
+    grad_x = emu.roi_align_backward(grad, rois, scale, 3, 4, 2, 5, 20, 25, sampling_ratio)
+    ref_grad = CPU.roi_align_backward(grad[valid], rois[valid], scale, 3, 4, 2, 5, 20, 25, sampling_ratio)
     torch.testing.assert_close(grad_x, ref_grad)
 
 

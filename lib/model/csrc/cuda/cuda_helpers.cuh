@@ -8,7 +8,9 @@
 #include <c10/cuda/CUDAStream.h>
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
+#include <type_traits>
 
 #include "../checks.h"
 
@@ -83,6 +85,44 @@ inline at::Tensor grad_accumulator(const at::Tensor& grad, int64_t batch_size, i
                                    int64_t width) {
   const at::ScalarType acc_type = grad.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   return at::zeros({batch_size, channels, height, width}, grad.options().dtype(acc_type));
+}
+
+// The roi geometry (batch index, corners times spatial_scale) is defined in double, as the CPU kernels compute it.
+// Where spatial_scale is a power of two (every feature stride: 1/16, 1/8, ...) a float, half or bfloat16
+// coordinate times it is exact in float as in double (an overflow gives inf in both, which the kernels clamp
+// alike; an underflow rounds the same exact value), and a batch index compares exactly in float below 2^24: the
+// kernels then take the float path, with results identical to the double one. Per output cell the double path
+// costs about a dozen conversions to and from double, which run at a fraction of the float rate on the GPU.
+inline bool float_geometry(double spatial_scale, int64_t batch_size, at::ScalarType dtype) {
+  int exponent = 0;
+  return dtype != at::kDouble && std::isfinite(spatial_scale) && spatial_scale > 0 &&
+         std::frexp(spatial_scale, &exponent) == 0.5 && exponent > -100 && exponent < 100 &&
+         batch_size <= (int64_t(1) << 24);
+}
+
+// The batch index of a roi (its column 0), or -1 when it is not one of the batch's images.
+template <typename scalar_t>
+__device__ inline int64_t roi_batch_index(const scalar_t* roi, int64_t batch_size, bool float_geom) {
+  if constexpr (!std::is_same_v<scalar_t, double>) {
+    if (float_geom) {
+      const float b = static_cast<float>(roi[0]);
+      return (b >= 0.f && b < static_cast<float>(batch_size)) ? static_cast<int>(b) : -1;
+    }
+  }
+  const double b = static_cast<double>(roi[0]);
+  return (b >= 0 && b < static_cast<double>(batch_size)) ? static_cast<int64_t>(b) : -1;
+}
+
+// A roi coordinate times spatial_scale, as acc_t: computed in double and rounded to acc_t, or in float where
+// that is the same (float_geometry).
+template <typename acc_t, typename scalar_t>
+__device__ inline acc_t scaled_coordinate(scalar_t v, double spatial_scale, bool float_geom) {
+  if constexpr (std::is_same_v<acc_t, float>) {
+    if (float_geom) {
+      return static_cast<float>(v) * static_cast<float>(spatial_scale);
+    }
+  }
+  return static_cast<acc_t>(static_cast<double>(v) * spatial_scale);
 }
 
 __device__ inline float dev_floor(float x) { return floorf(x); }

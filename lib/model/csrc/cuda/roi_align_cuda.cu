@@ -62,15 +62,14 @@ struct RoiBin {
 template <typename scalar_t, typename acc_t>
 __device__ inline RoiBin<scalar_t, acc_t> roi_bin(const scalar_t* roi, double spatial_scale, int64_t batch_size,
                                                   int64_t pooled_height, int64_t pooled_width,
-                                                  int64_t sampling_ratio) {
+                                                  int64_t sampling_ratio, bool float_geom) {
   RoiBin<scalar_t, acc_t> r;
-  const double b = static_cast<double>(roi[0]);
-  r.batch = (b >= 0 && b < static_cast<double>(batch_size)) ? static_cast<int64_t>(b) : -1;
-  // Scaled in double and then rounded to acc_t, as the CPU kernel does.
-  r.start_w = static_cast<acc_t>(static_cast<double>(roi[1]) * spatial_scale);
-  r.start_h = static_cast<acc_t>(static_cast<double>(roi[2]) * spatial_scale);
-  const acc_t end_w = static_cast<acc_t>(static_cast<double>(roi[3]) * spatial_scale);
-  const acc_t end_h = static_cast<acc_t>(static_cast<double>(roi[4]) * spatial_scale);
+  r.batch = roi_batch_index(roi, batch_size, float_geom);
+  // Scaled in double and then rounded to acc_t, as the CPU kernel does (in float where that is the same).
+  r.start_w = scaled_coordinate<acc_t>(roi[1], spatial_scale, float_geom);
+  r.start_h = scaled_coordinate<acc_t>(roi[2], spatial_scale, float_geom);
+  const acc_t end_w = scaled_coordinate<acc_t>(roi[3], spatial_scale, float_geom);
+  const acc_t end_h = scaled_coordinate<acc_t>(roi[4], spatial_scale, float_geom);
   const acc_t roi_w = max(end_w - r.start_w, acc_t(1));
   const acc_t roi_h = max(end_h - r.start_h, acc_t(1));
   r.bin_h = roi_h / static_cast<acc_t>(pooled_height);
@@ -104,11 +103,11 @@ __global__ void roi_align_forward_kernel(index_t total, const scalar_t* __restri
                                          const scalar_t* __restrict__ rois, double spatial_scale,
                                          int64_t batch_size, int64_t channels, int height, int width,
                                          int64_t pooled_height, int64_t pooled_width, int64_t sampling_ratio,
-                                         scalar_t* __restrict__ output) {
+                                         bool float_geom, scalar_t* __restrict__ output) {
   for (index_t index = grid_start<index_t>(); index < total; index += grid_stride<index_t>()) {
     const auto [n, c, ph, pw] = pooled_cell(index, channels, pooled_height, pooled_width);
     const auto r = roi_bin<scalar_t, acc_t>(rois + n * 5, spatial_scale, batch_size, pooled_height, pooled_width,
-                                            sampling_ratio);
+                                            sampling_ratio, float_geom);
     acc_t acc = 0;
     if (r.batch >= 0) {
       const scalar_t* plane = input + (r.batch * channels + c) * height * width;
@@ -128,11 +127,11 @@ __global__ void roi_align_backward_kernel(index_t total, const scalar_t* __restr
                                           const scalar_t* __restrict__ rois, double spatial_scale,
                                           int64_t batch_size, int64_t channels, int height, int width,
                                           int64_t pooled_height, int64_t pooled_width, int64_t sampling_ratio,
-                                          acc_t* __restrict__ grad_input) {
+                                          bool float_geom, acc_t* __restrict__ grad_input) {
   for (index_t index = grid_start<index_t>(); index < total; index += grid_stride<index_t>()) {
     const auto [n, c, ph, pw] = pooled_cell(index, channels, pooled_height, pooled_width);
     const auto r = roi_bin<scalar_t, acc_t>(rois + n * 5, spatial_scale, batch_size, pooled_height, pooled_width,
-                                            sampling_ratio);
+                                            sampling_ratio, float_geom);
     if (r.batch < 0) {
       continue;
     }
@@ -177,7 +176,8 @@ at::Tensor roi_align_forward_cuda(const at::Tensor& input_, const at::Tensor& ro
       roi_align_forward_kernel<scalar_t, acc_t, index_t><<<blocks_for(total), kThreadsPerBlock, 0, stream>>>(
           static_cast<index_t>(total), input.data_ptr<scalar_t>(), rois.data_ptr<scalar_t>(), spatial_scale,
           input.size(0), channels, static_cast<int>(input.size(2)), static_cast<int>(input.size(3)), pooled_height,
-          pooled_width, sampling_ratio, output.data_ptr<scalar_t>());
+          pooled_width, sampling_ratio, float_geometry(spatial_scale, input.size(0), input.scalar_type()),
+          output.data_ptr<scalar_t>());
     });
   });
   return output;
@@ -210,7 +210,7 @@ at::Tensor roi_align_backward_cuda(const at::Tensor& grad_, const at::Tensor& ro
       roi_align_backward_kernel<scalar_t, acc_t, index_t><<<blocks_for(total), kThreadsPerBlock, 0, stream>>>(
           static_cast<index_t>(total), grad.data_ptr<scalar_t>(), rois.data_ptr<scalar_t>(), spatial_scale,
           batch_size, channels, static_cast<int>(height), static_cast<int>(width), pooled_height, pooled_width,
-          sampling_ratio, grad_acc.data_ptr<acc_t>());
+          sampling_ratio, float_geometry(spatial_scale, batch_size, grad.scalar_type()), grad_acc.data_ptr<acc_t>());
     });
   });
   return grad_acc.to(grad_.scalar_type());

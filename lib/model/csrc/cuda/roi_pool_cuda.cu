@@ -15,16 +15,17 @@ namespace faster_rcnn {
 
 namespace {
 
+// A roi corner in cells: scaled in double and rounded half away from zero, as the CPU kernel does (in float
+// where that is the same: float_geometry). It is clamped to +-2^28 cells first, which no feature map comes near,
+// so the 32-bit geometry cannot overflow.
 template <typename scalar_t>
-__device__ inline int64_t roi_batch(const scalar_t* roi, int64_t batch_size) {
-  const double b = static_cast<double>(roi[0]);
-  return (b >= 0 && b < static_cast<double>(batch_size)) ? static_cast<int64_t>(b) : -1;
-}
-
-// A roi corner in cells: scaled in double and rounded half away from zero, as the CPU kernel does. It is
-// clamped to +-2^28 cells first, which no feature map comes near, so the 32-bit geometry cannot overflow.
-template <typename scalar_t>
-__device__ inline int roi_corner(scalar_t v, double spatial_scale) {
+__device__ inline int roi_corner(scalar_t v, double spatial_scale, bool float_geom) {
+  if constexpr (!std::is_same_v<scalar_t, double>) {
+    if (float_geom) {
+      const float cell = roundf(static_cast<float>(v) * static_cast<float>(spatial_scale));
+      return static_cast<int>(fminf(fmaxf(cell, -268435456.f), 268435456.f));
+    }
+  }
   const double cell = ::round(static_cast<double>(v) * spatial_scale);
   return static_cast<int>(fmin(fmax(cell, -268435456.0), 268435456.0));
 }
@@ -33,16 +34,16 @@ template <typename scalar_t, typename acc_t, typename index_t>
 __global__ void roi_pool_forward_kernel(index_t total, const scalar_t* __restrict__ input,
                                         const scalar_t* __restrict__ rois, double spatial_scale,
                                         int64_t batch_size, int64_t channels, int height, int width,
-                                        int64_t pooled_height, int64_t pooled_width, scalar_t* __restrict__ output,
-                                        int32_t* __restrict__ argmax) {
+                                        int64_t pooled_height, int64_t pooled_width, bool float_geom,
+                                        scalar_t* __restrict__ output, int32_t* __restrict__ argmax) {
   for (index_t index = grid_start<index_t>(); index < total; index += grid_stride<index_t>()) {
     const auto [n, c, ph, pw] = pooled_cell(index, channels, pooled_height, pooled_width);
     const scalar_t* roi = rois + n * 5;
-    const int64_t b = roi_batch(roi, batch_size);
-    const int roi_start_w = roi_corner(roi[1], spatial_scale);
-    const int roi_start_h = roi_corner(roi[2], spatial_scale);
-    const int roi_end_w = roi_corner(roi[3], spatial_scale);
-    const int roi_end_h = roi_corner(roi[4], spatial_scale);
+    const int64_t b = roi_batch_index(roi, batch_size, float_geom);
+    const int roi_start_w = roi_corner(roi[1], spatial_scale, float_geom);
+    const int roi_start_h = roi_corner(roi[2], spatial_scale, float_geom);
+    const int roi_end_w = roi_corner(roi[3], spatial_scale, float_geom);
+    const int roi_end_h = roi_corner(roi[4], spatial_scale, float_geom);
     const int roi_width = max(roi_end_w - roi_start_w + 1, 1);
     const int roi_height = max(roi_end_h - roi_start_h + 1, 1);
     const acc_t bin_h = static_cast<acc_t>(roi_height) / static_cast<acc_t>(pooled_height);
@@ -79,7 +80,8 @@ template <typename scalar_t, typename acc_t, typename index_t>
 __global__ void roi_pool_backward_kernel(index_t total, const scalar_t* __restrict__ grad,
                                          const scalar_t* __restrict__ rois, const int32_t* __restrict__ argmax,
                                          int64_t batch_size, int64_t channels, int64_t height, int64_t width,
-                                         int64_t pooled_height, int64_t pooled_width, acc_t* __restrict__ grad_input) {
+                                         int64_t pooled_height, int64_t pooled_width, bool float_geom,
+                                         acc_t* __restrict__ grad_input) {
   for (index_t index = grid_start<index_t>(); index < total; index += grid_stride<index_t>()) {
     const int32_t a = argmax[index];
     if (a < 0) {
@@ -87,7 +89,7 @@ __global__ void roi_pool_backward_kernel(index_t total, const scalar_t* __restri
     }
     const auto cell = pooled_cell(index, channels, pooled_height, pooled_width);
     const int64_t n = cell.n, c = cell.c;
-    const int64_t b = roi_batch(rois + n * 5, batch_size);
+    const int64_t b = roi_batch_index(rois + n * 5, batch_size, float_geom);
     if (b < 0) {
       continue;
     }
@@ -122,7 +124,8 @@ std::tuple<at::Tensor, at::Tensor> roi_pool_forward_cuda(const at::Tensor& input
       roi_pool_forward_kernel<scalar_t, acc_t, index_t><<<blocks_for(total), kThreadsPerBlock, 0, stream>>>(
           static_cast<index_t>(total), input.data_ptr<scalar_t>(), rois.data_ptr<scalar_t>(), spatial_scale,
           input.size(0), channels, static_cast<int>(input.size(2)), static_cast<int>(input.size(3)),
-          pooled_height, pooled_width, output.data_ptr<scalar_t>(), argmax.data_ptr<int32_t>());
+          pooled_height, pooled_width, float_geometry(spatial_scale, input.size(0), input.scalar_type()),
+          output.data_ptr<scalar_t>(), argmax.data_ptr<int32_t>());
     });
   });
   return {output, argmax};
@@ -159,7 +162,7 @@ at::Tensor roi_pool_backward_cuda(const at::Tensor& grad_, const at::Tensor& roi
       roi_pool_backward_kernel<scalar_t, acc_t, index_t><<<blocks_for(total), kThreadsPerBlock, 0, stream>>>(
           static_cast<index_t>(total), grad.data_ptr<scalar_t>(), rois.data_ptr<scalar_t>(),
           argmax.data_ptr<int32_t>(), batch_size, channels, height, width, pooled_height, pooled_width,
-          grad_acc.data_ptr<acc_t>());
+          float_geometry(spatial_scale, batch_size, grad.scalar_type()), grad_acc.data_ptr<acc_t>());
     });
   });
   return grad_acc.to(grad_.scalar_type());
