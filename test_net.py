@@ -28,7 +28,8 @@ def build_parser():
                    help='detections kept per image over all classes (0: all)')
     p.add_argument('--nw', dest='num_workers', default=0, type=int, help='number of workers to load data')
     p.add_argument('--seed', dest='seed', default=None, type=int, help='random seed (default cfg.RNG_SEED)')
-    p.add_argument('--amp', dest='amp', action='store_true', help='bf16 autocast on CUDA (ignored on CPU)')
+    p.add_argument('--amp', dest='amp', action='store_true',
+                   help='bf16 autocast (on a CPU: fast where it has AVX512-BF16 or AMX, warned about elsewhere)')
     p.add_argument('--data_path', dest='data_path', default=None, type=str,
                    help='folder of a VOC-format dataset for --dataset custom')
     add_cfg_args(p)

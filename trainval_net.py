@@ -46,8 +46,8 @@ def build_parser():
     p.add_argument('--use_tfb', dest='use_tfboard', action='store_true', help='write tensorboard summaries')
     add_cfg_args(p)
     p.add_argument('--amp', dest='amp', action='store_true',
-                   help='mixed precision on CUDA (bf16 autocast; fp16 + GradScaler with --amp_dtype fp16); '
-                        'ignored with a warning on CPU')
+                   help='mixed precision: bf16 autocast (fp16 + GradScaler with --amp_dtype fp16, CUDA only); on a '
+                        'CPU bf16, fast where it has AVX512-BF16 or AMX, warned about elsewhere')
     p.add_argument('--amp_dtype', dest='amp_dtype', default='bf16', choices=('bf16', 'fp16'))
     p.add_argument('--seed', dest='seed', default=None, type=int, help='random seed (default cfg.RNG_SEED)')
     p.add_argument('--deterministic', dest='deterministic', action='store_true',

@@ -41,6 +41,8 @@ def build_parser():
                    help="report the crop accuracy on the dataset's test images at the end (not used to train)")
     p.add_argument('--seed', dest='seed', default=None, type=int, help='random seed (default cfg.RNG_SEED)')
     p.add_argument('--cuda', dest='cuda', action='store_true', help='train on the GPU')
+    p.add_argument('--amp', dest='amp', action='store_true',
+                   help="bf16 autocast, as trainval_net.py's --amp (on a CPU: fast where it has AVX512-BF16 or AMX)")
     add_cfg_args(p, with_ls=False)
     return p
 
@@ -59,7 +61,7 @@ def main(argv=None):
     from lib.model.faster_rcnn import pretrain
     from lib.model.utils.checkpoint import save_checkpoint
     from lib.model.utils.config import cfg
-    from lib.model.utils.script_utils import select_device, setup_cfg, seed_everything
+    from lib.model.utils.script_utils import amp_autocast, select_device, setup_cfg, seed_everything
 
     setup_cfg(args.dataset, args.net, cfg_file=args.cfg_file, set_cfgs=args.set_cfgs, data_path=args.data_path)
     seed = cfg.RNG_SEED if args.seed is None else args.seed
@@ -82,11 +84,12 @@ def main(argv=None):
     history = pretrain.pretrain_classifier(
         model, crops, labels, args.steps, means, stds, batch_size=args.batch_size, lr=args.lr,
         weight_decay=args.weight_decay, warmup=args.warmup, crop_size=args.crop_size, seed=seed, device=device,
-        progress=lambda it: tqdm(it, desc=f'pretraining {args.net}', unit='step'))
+        progress=lambda it: tqdm(it, desc=f'pretraining {args.net}', unit='step'),
+        autocast=amp_autocast(device, args.amp)[0])
     train_s = time.time() - t0
     save_checkpoint(pretrain.backbone_state_dict(model), output)
     result = {'dataset': args.dataset, 'net': args.net, 'steps': args.steps, 'batch_size': args.batch_size,
-              'lr': args.lr, 'crop_size': args.crop_size, 'seed': seed, 'train_crops': len(crops),
+              'lr': args.lr, 'amp': args.amp, 'crop_size': args.crop_size, 'seed': seed, 'train_crops': len(crops),
               'crops_and_training_s': round(train_s, 1), 'history': history}
     print(f'wrote {output} ({train_s:.0f} s; final loss {history[-1]["loss"]:.3f})')
 

@@ -9,6 +9,7 @@ plus background), and its weights are saved as a torchvision state dict marked '
 Recipe (measured on the shapes set, docs/TRAINING.md): AdamW, a linear warm-up then a cosine decay to 0, batches
 of random ``crop_size`` windows of the stored crops, half of them mirrored.
 """
+import contextlib
 import math
 import os
 
@@ -88,12 +89,13 @@ def evaluate(model, crops, labels, crop_size, pixel_means, pixel_stds, device, b
 
 def pretrain_classifier(model, crops, labels, steps, pixel_means, pixel_stds, batch_size=64, lr=2e-3,
                         weight_decay=1e-4, warmup=50, crop_size=64, seed=0, device='cpu', log_every=100,
-                        log=print, progress=None):
+                        log=print, progress=None, autocast=contextlib.nullcontext):
     """Train ``model`` (from build_classifier) on (crops, labels) for ``steps`` AdamW steps.
 
     Args:
         crops, labels: from lib.datasets.object_crops.object_crops.
         progress: optional callable wrapping range(steps) (e.g. tqdm); its ``set_postfix`` is fed when present.
+        autocast: a factory of the context the forward runs in (script_utils.amp_autocast for --amp).
     Returns:
         history: [{'step', 'loss', 'lr'}] every ``log_every`` steps (losses averaged since the previous entry).
     """
@@ -118,7 +120,8 @@ def pretrain_classifier(model, crops, labels, steps, pixel_means, pixel_stds, ba
         xb, yb = sample_batch(rng, crops, labels, batch_size, crop_size)
         x = normalize_crops(xb, pixel_means, pixel_stds).to(device, non_blocking=True)
         y = torch.from_numpy(yb).to(device, non_blocking=True)
-        loss = nn.functional.cross_entropy(model(x), y)
+        with autocast():
+            loss = nn.functional.cross_entropy(model(x).float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

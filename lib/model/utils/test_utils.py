@@ -10,8 +10,8 @@ import numpy as np
 import torch
 
 from lib.model.utils.config import cfg
-from lib.model.utils.script_utils import (BN_STATS, NETS, build_detector, guess_net, load_model_weights,
-                                          stored_model_cfg)
+from lib.model.utils.script_utils import (BN_STATS, NETS, amp_autocast, build_detector, guess_net,
+                                          load_model_weights, stored_model_cfg)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -397,8 +397,7 @@ def run_test(args, log=print):
                                          pin_memory=device.type == 'cuda')
     start = time.time()
     t_detect = t_misc = 0.0
-    autocast = (lambda: torch.autocast('cuda', dtype=torch.bfloat16)) if (args.amp and device.type == 'cuda') \
-        else (lambda: torch.autocast('cpu', enabled=False))
+    autocast, _ = amp_autocast(device, args.amp)
     bar = tqdm(loader, total=num_images, desc='im_detect', unit='img', dynamic_ncols=True)
     for i, data in enumerate(bar):
         im_data, im_info = data[0].to(device), data[1].to(device)

@@ -7,8 +7,6 @@ import signal
 import sys
 import threading
 import time
-import warnings
-from contextlib import nullcontext
 
 import torch
 from torch import nn
@@ -17,9 +15,9 @@ from tqdm import tqdm
 from lib.model.utils.checkpoint import checkpoint_name, get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
 from lib.model.utils.config import cfg, cfg_to_dict
 from lib.model.utils.net_utils import AutocastForward, adjust_learning_rate, clip_gradient
-from lib.model.utils.script_utils import (build_detector, cfg_differences, dataset_settings, load_model_weights,
-                                          print_cfg, save_cfg, seed_everything, select_device, setup_cfg,
-                                          stored_model_cfg)
+from lib.model.utils.script_utils import (amp_autocast, build_detector, cfg_differences, dataset_settings,
+                                          load_model_weights, print_cfg, save_cfg, seed_everything, select_device,
+                                          setup_cfg, stored_model_cfg)
 
 LOSS_NAMES = ('rpn_cls', 'rpn_box', 'rcnn_cls', 'rcnn_box')
 
@@ -263,15 +261,9 @@ def _format_time(seconds):
 # the loop
 # ----------------------------------------------------------------------------------------------------------------
 def _autocast(device, args):
-    """The autocast context for --amp (bf16, or fp16 with --amp_dtype fp16) on CUDA, and its dtype; fp32 (and
-    None) elsewhere."""
-    if not args.amp:
-        return nullcontext, None
-    if device.type != 'cuda':
-        warnings.warn('--amp is for CUDA; on CPU training runs in float32')
-        return nullcontext, None
-    dtype = torch.float16 if args.amp_dtype == 'fp16' else torch.bfloat16
-    return (lambda: torch.autocast('cuda', dtype=dtype)), dtype
+    """The autocast context for --amp (bf16, or fp16 with --amp_dtype fp16 on CUDA), and its dtype
+    (script_utils.amp_autocast); (nullcontext, None) without --amp."""
+    return amp_autocast(device, args.amp, args.amp_dtype)
 
 
 def data_parallel(core, amp_dtype=None):
