@@ -29,10 +29,15 @@ def unfold_conv2d(x, weight, bias, stride, padding):
     o, _, kh, kw = weight.shape
     ho, wo = output_size(h, w, (kh, kw), stride, padding)
     cols = F.unfold(x, (kh, kw), padding=padding, stride=stride)  # [N, C*kh*kw, Ho*Wo]
-    out = weight.reshape(o, -1) @ cols  # [N, O, Ho*Wo]
+    # one [N*Ho*Wo, C*kh*kw] x [C*kh*kw, O] product. Written as weight [O, K] @ cols [N, K, P], torch.matmul
+    # makes it one matrix product only while the weight needs a gradient; otherwise (bf16 autocast's weight copy
+    # at test time, a frozen weight) it broadcasts the weight into a batched product that took 217 ms instead of
+    # 16.5 (float32) and 285 ms instead of 8.4 (bf16) for 150 rois of a 512->512 3x3 conv on a 2-core CPU.
+    rows = cols.transpose(1, 2).reshape(n * ho * wo, -1)  # [N*P, K]
+    out = (rows @ weight.reshape(o, -1).t()).view(n, ho * wo, o).transpose(1, 2)  # [N, O, P]
     if bias is not None:
         out = out + bias.view(1, o, 1)
-    return out.view(n, o, ho, wo)
+    return out.reshape(n, o, ho, wo)
 
 
 class SmallMapConv2d(nn.Conv2d):

@@ -72,3 +72,21 @@ def test_state_dict_and_the_resnet_head_are_unchanged(tiny_cfg):
             m.__class__ = nn.Conv2d
         ref = model._head_to_tail(pooled)
     torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('amp', [False, True])
+def test_the_product_is_one_matrix_multiply_whether_or_not_the_weight_needs_a_gradient(amp):
+    """At test time under bf16 autocast the weight is a copy that needs no gradient; the product must stay one
+    matrix multiply (a batched one over a broadcast weight was 17-34x slower on the CPU) and equal conv2d."""
+    from torch.profiler import ProfilerActivity, profile
+    torch.manual_seed(0)
+    conv = use_small_map_convs(nn.Sequential(nn.Conv2d(16, 8, 3, padding=1, bias=False)))[0].eval()
+    x = torch.randn(5, 16, 2, 2)
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16, enabled=amp):
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            out = conv(x)
+    ref = F.conv2d(x, conv.weight.detach(), padding=1)
+    ops = {e.key: e.count for e in prof.key_averages()}
+    assert ops.get('aten::mm') == 1 and 'aten::bmm' not in ops
+    assert out.dtype == (torch.bfloat16 if amp else torch.float32)
+    torch.testing.assert_close(out.float(), ref, **({'rtol': 2e-2, 'atol': 5e-2} if amp else {}))
