@@ -1,6 +1,7 @@
 """trainval_net.py: flag parsing, cfg precedence, and short real training runs on a tiny synthetic set
 (checkpoint contents, exact resume, the non-finite guard, DDP on 2 CPU processes)."""
 import glob
+import math
 import os
 import re
 import signal
@@ -152,6 +153,20 @@ def test_checkpoints_hold_the_full_state(tiny_shapes, tmp_path):
     assert len(out['history']) == 3 and all(h['lr'] == pytest.approx(0.01) for h in out['history'])
     outdir = out['output_dir']
     assert os.path.isfile(os.path.join(outdir, 'cfg_1.yml')) and os.path.isfile(os.path.join(outdir, 'loss_1.png'))
+
+
+def test_amp_on_a_cpu_trains_under_bf16_autocast(tiny_shapes, tmp_path, monkeypatch):
+    from lib.model.utils import script_utils
+    monkeypatch.setattr(script_utils, 'cpu_has_native_bf16', lambda: True)
+    real, entered = torch.autocast, []
+
+    def autocast(*args, **kwargs):
+        entered.append((args, kwargs.get('dtype')))
+        return real(*args, **kwargs)
+    monkeypatch.setattr(torch, 'autocast', autocast)
+    out = train(tiny_args(tiny_shapes, tmp_path, '--epochs', '1', '--max_iters', '2', '--amp', '--disp_interval', '1'))
+    assert entered.count((('cpu',), torch.bfloat16)) == 2  # one forward per iteration
+    assert len(out['history']) == 2 and all(math.isfinite(h['loss']) for h in out['history'])
 
 
 def test_without_weights_training_starts_from_the_original_pretrained_file(tiny_shapes, tmp_path, capsys):

@@ -86,6 +86,23 @@ def test_the_classifier_learns_a_simple_task():
     assert acc > 0.9 and acc == fg_acc and acc > before   # every val crop is an object here
 
 
+def test_the_forward_runs_in_the_given_autocast_and_still_learns():
+    """--amp: the classifier's forward in bf16 on the CPU (the convolutions' outputs are bf16), the loss in
+    float32, and the task still learned."""
+    crops, labels = _two_class_crops(256)
+    torch.manual_seed(0)
+    model = pretrain.build_classifier('res18', 3)
+    seen = set()
+    model.conv1.register_forward_hook(lambda module, inputs, output: seen.add(output.dtype))
+    history = pretrain.pretrain_classifier(model, crops, labels, 60, MEANS, STDS, batch_size=32, lr=2e-3,
+                                           warmup=5, crop_size=10, log_every=20, log=lambda m: None,
+                                           autocast=lambda: torch.autocast('cpu', dtype=torch.bfloat16))
+    assert seen == {torch.bfloat16}
+    assert history[-1]['loss'] < 0.5 * history[0]['loss']
+    acc, _ = pretrain.evaluate(model, *_two_class_crops(128, seed=1), 10, MEANS, STDS, 'cpu')
+    assert acc > 0.9
+
+
 def test_bad_inputs_are_refused():
     model = pretrain.build_classifier('res18', 3)
     crops, labels = _two_class_crops(8)

@@ -151,14 +151,35 @@ def test_loss_plot_is_written(tmp_path):
         assert f.read(8) == b'\x89PNG\r\n\x1a\n'
 
 
-def test_amp_on_cpu_warns_and_runs_float32():
+def test_amp_on_a_cpu_autocasts_to_bf16(monkeypatch):
+    import warnings
     from types import SimpleNamespace
+    from lib.model.utils import script_utils
     from lib.model.utils.train_utils import _autocast
-    with pytest.warns(UserWarning, match='float32'):
+    monkeypatch.setattr(script_utils, 'cpu_has_native_bf16', lambda: True)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')  # where the CPU has native bf16 there is nothing to warn about
         ctx, amp_dtype = _autocast(torch.device('cpu'), SimpleNamespace(amp=True, amp_dtype='bf16'))
+    with ctx():
+        assert torch.mm(torch.ones(2, 2), torch.ones(2, 2)).dtype == torch.bfloat16
+    assert amp_dtype == torch.bfloat16
+    ctx, amp_dtype = _autocast(torch.device('cpu'), SimpleNamespace(amp=False, amp_dtype='bf16'))
     with ctx():
         assert torch.mm(torch.ones(2, 2), torch.ones(2, 2)).dtype == torch.float32
     assert amp_dtype is None
+
+
+def test_amp_on_a_cpu_warns_about_fp16_and_about_emulated_bf16(monkeypatch):
+    from lib.model.utils import script_utils
+    monkeypatch.setattr(script_utils, 'cpu_has_native_bf16', lambda: False)
+    with pytest.warns(UserWarning, match='without native bfloat16 .* slower than float32'):
+        script_utils.amp_autocast('cpu', True)
+    monkeypatch.setattr(script_utils, 'cpu_has_native_bf16', lambda: True)
+    with pytest.warns(UserWarning, match='--amp_dtype fp16 is for CUDA'):
+        ctx, dtype = script_utils.amp_autocast('cpu', True, 'fp16')
+    assert dtype == torch.bfloat16
+    _, dtype = script_utils.amp_autocast('cuda', True, 'fp16')  # the context is made only when entered
+    assert dtype == torch.float16
 
 
 def test_autocast_forward_keeps_its_dtype_in_a_worker_thread():
