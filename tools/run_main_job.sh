@@ -25,8 +25,7 @@ else
     AMP=$(python -c "from lib.model.utils.script_utils import cpu_has_native_bf16 as f; print('--amp' if f() else '')")
   fi
 fi
-[ "${AMP-}" != auto ] || AMP=  # on a GPU, --amp is in TRAIN_ARGS
-AMP=${AMP-}
+[ "${AMP-auto}" != auto ] || AMP=  # on a GPU, --amp is in TRAIN_ARGS
 SESSION=1
 SAVE_DIR=${SAVE_DIR:-models}
 LOG_DIR=output/main_job

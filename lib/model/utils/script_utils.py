@@ -5,9 +5,11 @@ Config precedence, the same in every script (later wins):
   < the model-defining keys stored in a checkpoint (test_net, demo, and trainval_net --r) < --set.
 """
 import argparse
+import contextlib
 import os
 import pprint
 import random
+import warnings
 
 import numpy as np
 import torch
@@ -244,8 +246,6 @@ def amp_autocast(device, amp, amp_dtype='bf16'):
 
     On CUDA: bf16, or fp16 with amp_dtype 'fp16' (the trainer adds a GradScaler). On a CPU: bf16 only (fp16
     falls back to it, with a warning), and a warning where the CPU has no native bf16 (cpu_has_native_bf16)."""
-    import contextlib
-    import warnings
     if not amp:
         return contextlib.nullcontext, None
     device_type = torch.device(device).type
