@@ -2,6 +2,7 @@
 import json
 
 import pytest
+import torch
 
 
 @pytest.fixture(scope='module')
@@ -219,29 +220,33 @@ def test_graph_rows_run_in_a_child_process_and_a_crash_costs_only_its_row(bench,
         def __init__(self, returncode):
             self.returncode = returncode
 
-    def run(argv):  # the first child measures one row and segfaults in the second; the next one does the rest
+    def run(argv):  # child 1 measures one row and dies in the second; child 2 dies on that row as its first
         child = bench.parse_args(argv[2:])
         keys = child.graph_rows.split(',')
         asked.append(keys)
         assert (child.device, child.bs, child.amp) == ('cuda', [1, 4], ['fp32'])
         assert child.graph_child.endswith('.json')
         with open(child.graph_child, 'w') as f:
-            json.dump({'results': fake_rows(keys[:1] if len(asked) == 1 else keys, ms=20.0)}, f)
-        return Done(-11 if len(asked) == 1 else 0)
+            json.dump({'results': fake_rows({1: keys[:1], 2: [], 3: keys}[len(asked)], ms=20.0)}, f)
+        return Done(0 if len(asked) == 3 else -11)
 
     bench.run_graph_rows(args, results, run=run)
-    assert asked == [['train:1:fp32', 'train:4:fp32', 'test:1:fp32'], ['test:1:fp32']]
+    assert asked == [['train:1:fp32', 'train:4:fp32', 'test:1:fp32'], ['train:4:fp32', 'test:1:fp32'],
+                     ['test:1:fp32']]
     first, crashed, test_row, _ = results
     assert first['ours_graph']['ms'] == 20.0 and first['graph_speedup'] == pytest.approx(4.0)
     assert first['ours_graph']['proposals'] == 2000  # the eager row's count
     assert 'ours_graph' not in crashed
-    assert crashed['graph_error'] == 'the process replaying the graph ended with signal SIGSEGV'
+    assert crashed['graph_error'] == 'the process replaying the graphs ended with signal SIGSEGV as its first row'
     assert test_row['graph_speedup'] == pytest.approx(4.0)
     out = capsys.readouterr().out
-    assert 'WARNING: train bs 4 fp32: the process replaying the graph ended with signal SIGSEGV; 1 graph rows' in out
+    assert ('WARNING: the process replaying the graphs ended with signal SIGSEGV after 1 graph rows; 2 rows from '
+            'train bs 4 fp32 on go to a new process') in out
+    assert 'WARNING: train bs 4 fp32: the process replaying the graphs ended with signal SIGSEGV as its first row; ' \
+        '1 graph rows after it go to a new process' in out
     assert out.count('ours replayed from a CUDA graph') == 2
     saved = json.loads((tmp_path / 'bench.json').read_text())['results']
-    assert saved[1]['graph_error'].endswith('SIGSEGV') and saved[2]['ours_graph']['ms'] == 20.0
+    assert saved[1]['graph_error'].endswith('its first row') and saved[2]['ours_graph']['ms'] == 20.0
     assert (tmp_path / 'bench_graph_rows.json').exists()  # the child's own file stays, for a run stopped early
 
     def quiet_child(argv):  # ends well, measures nothing: no endless relaunching
@@ -250,6 +255,30 @@ def test_graph_rows_run_in_a_child_process_and_a_crash_costs_only_its_row(bench,
     asked.clear()
     bench.run_graph_rows(args, results, run=quiet_child)
     assert len(asked) == 1 and all(r['graph_error'].endswith('without measuring it') for r in results[:3])
+
+
+def test_a_graph_rows_child_saves_a_row_before_profiling_it(bench, tmp_path, monkeypatch):
+    """A crash in the profiler must not take the row's timing with it: the child's file holds the row first."""
+    path = tmp_path / 'rows.json'
+    args = bench.parse_args(['--device', 'cuda', '--graph_child', str(path), '--graph_rows', 'train:4:bf16'])
+    results = bench.Results(args.graph_child, {})
+    row = {'section': 'train', 'bs': 4, 'amp': 'bf16', 'ours_graph': {'ms': 30.0}}
+
+    def profiler_crash(fn, device):
+        assert json.loads(path.read_text())['results'] == [row]
+        raise SystemExit(-11)
+    monkeypatch.setattr(bench, 'profile_step', profiler_crash)
+    with pytest.raises(SystemExit):
+        bench.add_profile(args, row, 'ours_graph', None, torch.device('cpu'), results)
+    assert json.loads(path.read_text())['results'] == [{'section': 'train', 'bs': 4, 'amp': 'bf16',
+                                                        'ours_graph': {'ms': 30.0}}]
+
+    monkeypatch.setattr(bench, 'profile_step', lambda fn, device: {'ops': []})
+    row2 = dict(row, bs=1, ours_graph={'ms': 10.0})
+    bench.add_profile(args, row2, 'ours_graph', None, torch.device('cpu'), results)
+    bench.finish_row(args, row2, results)  # after add_profile: recorded once
+    saved = json.loads(path.read_text())['results']
+    assert len(saved) == 2 and saved[1]['ours_graph'] == {'ms': 10.0, 'profile': {'ops': []}}
 
 
 def test_a_graph_rows_child_measures_only_its_rows(bench, tmp_path, capsys):

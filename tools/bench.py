@@ -10,8 +10,8 @@ On CUDA the train and test rows also time this project's step captured in one CU
 (lib/model/utils/cuda_graph.py: the same model, inputs and work, without the host's per-op dispatch); --no-graph
 leaves it out. Those graph rows run in a child process after the others: the first lent H100 run of this script
 segfaulted in the first replay of the first graph row, after the eager and torchvision rows had run in the same
-process, while the same replays in fresh processes ran (docs/BENCHMARKS.md). A crash there now costs the row
-it happened in: it is reported, and a new child process measures the rows after it.
+process, while the same replays in fresh processes ran (docs/BENCHMARKS.md). A row whose child dies is
+measured again in a new child, as its first row; only a row that kills a fresh child is lost (reported).
 
     python tools/bench.py --device cuda                 # the full GPU run recorded in docs/BENCHMARKS.md
     python tools/bench.py --device cpu --quick          # small sizes, runs (slowly) anywhere
@@ -288,11 +288,24 @@ def capture_or_warn(make, what, row=None):
 
 def finish_row(args, row, results):
     """Records a measured row; prints it (a graph-rows child leaves the printing to its parent)."""
+    if any(r is row for r in results):  # add_profile recorded it already
+        results.save()
+        return
     if not args.graph_child:
         add_speedups(row)
     results.append(row)
     if not args.graph_child:
         print_row(row)
+
+
+def add_profile(args, row, kind, fn, device, results):
+    """row[kind]['profile'] = profile_step(fn). A graph-rows child records the row's timing first: CUPTI (the
+    profiler) has crashed processes that replay CUDA graphs (pytorch/pytorch#150957), and such a crash must
+    cost the profile, not the measured row."""
+    if args.graph_child:
+        finish_row(args, row, results)
+    row[kind]['profile'] = profile_step(fn, device)
+    results.save()
 
 
 def graph_child_argv(args, rows, path):
@@ -316,9 +329,11 @@ def describe_exit(returncode):
 
 def run_graph_rows(args, results, run=subprocess.run):
     """Adds 'ours replayed from a CUDA graph' to every train and test row of ``results``, measured in a child
-    process (this script with --graph_child) that writes each row as it finishes. A child that dies (the
-    segfault of the first lent H100 run) costs the row it was measuring: the row gets a graph_error, and a new
-    child measures the rows after it."""
+    process (this script with --graph_child) that writes each row as it finishes. When a child dies (the
+    segfault of the first lent H100 run), the row it was on goes to a new child, where it is the first: the
+    crash came in the first graph row after other work in the same process, and fresh processes replayed the
+    same graphs. Only a row that kills a child as its first row gets a graph_error; a new child measures the
+    rows after it."""
     todo = [r for r in results if r.get('section') in ('train', 'test')]
     while todo:
         with tempfile.TemporaryDirectory() as tmp:
@@ -342,10 +357,17 @@ def run_graph_rows(args, results, run=subprocess.run):
             else:
                 row['graph_error'] = measured.get('graph_error', 'not measured')
         if returncode != 0 and todo:
-            row = todo.pop(0)
-            row['graph_error'] = f'the process replaying the graph ended with {describe_exit(returncode)}'
-            print(f"WARNING: {row['section']} bs {row['bs']} {row['amp']}: {row['graph_error']}; "
-                  f'{len(todo)} graph rows after it go to a new process', flush=True)
+            how = f'the process replaying the graphs ended with {describe_exit(returncode)}'
+            row = todo[0]
+            what = f"{row['section']} bs {row['bs']} {row['amp']}"
+            if done:
+                print(f'WARNING: {how} after {len(done)} graph rows; {len(todo)} rows from {what} on go to a new '
+                      'process', flush=True)
+            else:
+                todo.pop(0)
+                row['graph_error'] = f'{how} as its first row'
+                print(f"WARNING: {what}: {row['graph_error']}; {len(todo)} graph rows after it go to a new process",
+                      flush=True)
         elif todo:  # a child that ended well without all its rows: nothing a new one would do better
             for row in todo:
                 row['graph_error'] = 'the process replaying the graphs ended without measuring it'
@@ -403,7 +425,7 @@ def bench_train(args, device, num_classes, results):
                 row[kind] = {'ms': ms, 'img_s': bs * 1000.0 / ms, 'peak_mb_per_img': peak_mb(device) / bs,
                              'proposals': proposals}
                 if args.profile and bs == max(args.bs) and amp == args.amp[-1]:
-                    row[kind]['profile'] = profile_step(step, device)
+                    add_profile(args, row, kind, step, device, results)
                 del model, step
             finish_row(args, row, results)
 
@@ -450,7 +472,7 @@ def bench_test(args, device, num_classes, results):
             ms = time_ms(fn, device, args.warmup, args.iters)
             row[kind] = {'ms': ms, 'img_s': 1000.0 / ms, 'peak_mb_per_img': peak_mb(device), 'proposals': proposals}
             if args.profile and amp == args.amp[-1]:
-                row[kind]['profile'] = profile_step(fn, device)
+                add_profile(args, row, kind, fn, device, results)
             del model, fn
         finish_row(args, row, results)
 
