@@ -59,6 +59,10 @@ def build_parser():
                         "resnet<N>_caffe.pth, as the original); 'none' trains from scratch")
     p.add_argument('--max_iters', dest='max_iters', default=None, type=int,
                    help='cap on iterations per epoch (quick runs)')
+    p.add_argument('--time_budget', dest='time_budget', default=None, type=float,
+                   help='seconds of training: after each epoch, the run is set to end with the last epoch that '
+                        'fits (at most --epochs) and to decay the lr once for its last quarter of epochs (this '
+                        'replaces --lr_decay_step); past the budget it saves and stops mid-epoch')
     return p
 
 

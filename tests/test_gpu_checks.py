@@ -7,6 +7,8 @@ import shutil
 import stat
 import subprocess
 
+import pytest
+
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..'))
 
 # A python that logs its arguments, one call per line, and plays each command's part: the imports the script
@@ -113,21 +115,30 @@ def test_a_later_call_reuses_the_backbone_pretrained_with_the_same_arguments(tmp
 
 
 def test_pretraining_runs_beside_the_cuda_tests_and_ends_before_anything_is_timed(tmp_path):
-    calls, summary = run_train_stage(tmp_path, stages=('pretrain', 'ops', 'bench', 'probe'), PRETRAIN_SLEEP='3',
-                                     PROBE_MIN_LEFT='0')
+    calls, summary = run_train_stage(tmp_path, stages=('pretrain', 'ops', 'bench', 'train'), PRETRAIN_SLEEP='3')
     names = [c[0] if c[0] != '-m' else c[1] for c in calls if c[0] in ('-m', 'pretraining') or c[0].endswith('.py')]
     done = names.index('pretraining')
     assert names.index('tools/pretrain_backbone.py') < done
     assert 'pytest' in names[:done]  # the CUDA tests did not wait for it
     assert names.index('tools/bench_ops.py') > done and names.index('tools/bench.py') > done
-    probe, = script_calls(calls, 'trainval_net.py')  # the probe: the main job's start, for its speed
-    assert flag(probe, '--weights') == 'output/gpu_pretrain/res50_shapes_crops.pth' and '--set' not in probe
+    train, = script_calls(calls, 'trainval_net.py')
+    assert flag(train, '--weights') == 'output/gpu_pretrain/res50_shapes_crops.pth' and '--set' not in train
     assert len(script_calls(calls, 'tools/pretrain_backbone.py')) == 1  # pretrained once, beside the tests
     assert '== pretrain: exit 0' in summary
 
 
-def test_the_probe_from_scratch_trains_batchnorm_as_the_main_job_does(tmp_path):
-    calls, _ = run_train_stage(tmp_path, stages=('probe',), WEIGHTS='none', PROBE_MIN_LEFT='0')
-    probe, = script_calls(calls, 'trainval_net.py')
-    assert flag(probe, '--weights') == 'none'
-    assert probe[probe.index('--set'):] == ['--set', 'TRAIN.BN_TRAIN', 'True', 'RESNET.FIXED_BLOCKS', '0']
+def test_training_gets_what_the_budget_leaves_as_its_time_budget_at_most_train_seconds(tmp_path):
+    calls, summary = run_train_stage(tmp_path)  # BUDGET 400: less the test runs' 100 s and the 30 s margin
+    train, = script_calls(calls, 'trainval_net.py')
+    assert 250 <= int(flag(train, '--time_budget')) <= 270
+    assert flag(train, '--epochs') == '100'  # a bound only: the budget sets the epochs
+    assert f"== train: --time_budget {flag(train, '--time_budget')} with --amp --bs 8" in summary
+    calls, _ = run_train_stage(tmp_path, TRAIN_SECONDS='120')
+    train, = script_calls(calls, 'trainval_net.py')
+    assert flag(train, '--time_budget') == '120'
+
+
+def test_no_training_is_started_without_the_time_for_it(tmp_path):
+    with pytest.raises(AssertionError, match='== train: skipped'):  # run_train_stage: the script exited 1
+        run_train_stage(tmp_path, BUDGET='140')
+    assert not [line for line in (tmp_path / 'calls.txt').read_text().splitlines() if line.startswith('trainval_net')]

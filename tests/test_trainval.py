@@ -181,15 +181,70 @@ def test_without_weights_training_starts_from_the_original_pretrained_file(tiny_
     assert load_checkpoint(out['checkpoints'][-1])['freeze_stem'] is True
 
 
-def test_the_log_holds_what_the_gpu_probe_reads(tiny_shapes, tmp_path, load_tool):
-    # tools/gpu_checks.sh's probe stage reads the image count and the display timings from this log
-    probe = load_tool('probe_schedule')
+class StepClock:
+    """A fake clock for train_utils._clock that moves only when a training step ends: by seconds_per_step[epoch]."""
+
+    def __init__(self, monkeypatch, seconds_per_step):
+        from lib.model.utils import train_utils
+        self.now, self.seconds_per_step = 1000.0, seconds_per_step
+        monkeypatch.setattr(train_utils, '_clock', lambda: self.now)
+        add = train_utils.LossMeter.add
+
+        def timed_add(meter, epoch, step, *rest):
+            self.now += self.seconds_per_step(epoch)
+            return add(meter, epoch, step, *rest)
+        monkeypatch.setattr(train_utils.LossMeter, 'add', timed_add)
+
+
+@pytest.mark.parametrize('epochs, last, decay_epoch',
+                         [(1, 1, None), (2, 2, 2), (5, 5, 5), (6, 6, 5), (12, 12, 10), (40, 30, 23)])
+def test_fit_schedule_ends_with_the_last_epoch_that_fits_and_decays_once_for_its_last_quarter(
+        epochs, last, decay_epoch):
+    from lib.model.utils.train_utils import fit_schedule, lr_decay_due
+    # 10 s epochs, one done, room for `epochs` - 1 more: `epochs` in all, at most 30 (--epochs)
+    got_last, step = fit_schedule(1, 10.0 * (epochs - 1) + 5.0, 10.0, 30, decayed=False)
+    assert got_last == last
+    decays = [e for e in range(2, got_last + 1) if step is not None and lr_decay_due(e, step)]
+    assert decays == ([decay_epoch] if decay_epoch else [])
+
+
+def test_fit_schedule_after_the_decay_only_ends_sooner():
+    from lib.model.utils.train_utils import fit_schedule
+    assert fit_schedule(9, 100.0, 10.0, 12, decayed=True) == (12, None)  # room for 10 more, but 12 was the plan
+    assert fit_schedule(9, 25.0, 10.0, 12, decayed=True) == (11, None)
+    assert fit_schedule(3, 5.0, 10.0, 12, decayed=False) == (3, None)  # nothing more fits: ends now
+    assert fit_schedule(3, 15.0, 10.0, 12, decayed=False) == (4, 3)  # one more: decayed
+
+
+def test_time_budget_sets_the_epochs_and_the_decay_from_the_epoch_time(tiny_shapes, tmp_path, monkeypatch):
+    clock = StepClock(monkeypatch, lambda epoch: 10.0)  # 3 steps: 30 s an epoch
     lines = []
-    train(tiny_args(tiny_shapes, tmp_path, '--epochs', '1', '--max_iters', '3', '--disp_interval', '1'),
-          log=lines.append)
-    ips, epochs, step = probe.probe_schedule('\n'.join(lines), 3600, bs=1, disp_interval=1)
-    assert ips > 0 and epochs >= 1 and step >= 1
-    assert '12 roidb entries' in lines  # 6 images and their flips
+    out = train(tiny_args(tiny_shapes, tmp_path, '--epochs', '20', '--max_iters', '3', '--disp_interval', '1',
+                          '--checkpoint_interval', '0', '--lr_decay_step', '1', '--time_budget', '100'),
+                log=lines.append)
+    # after epoch 1, 70 s are left: two more epochs, the last at lr x 0.1 (--lr_decay_step 1 would decay at 2)
+    assert [os.path.basename(p) for p in out['checkpoints']] == [
+        'faster_rcnn_1_1_2.pth', 'faster_rcnn_1_2_2.pth', 'faster_rcnn_1_3_2.pth']
+    assert {r['epoch']: r['lr'] for r in out['history']} == {1: 0.01, 2: 0.01, 3: pytest.approx(0.001)}
+    assert 'time budget: 70 s left, 30.0 s per epoch: training to epoch 3, lr x 0.1 from epoch 3' in lines
+    assert out['stopped_by'] is None and clock.now - 1000.0 == 90.0
+
+
+def test_time_budget_stops_mid_epoch_with_a_checkpoint(tiny_shapes, tmp_path, monkeypatch):
+    StepClock(monkeypatch, lambda epoch: 10.0 if epoch == 1 else 60.0)  # epoch 2 turns out slower
+    lines = []
+    out = train(tiny_args(tiny_shapes, tmp_path, '--epochs', '20', '--max_iters', '3', '--disp_interval', '1',
+                          '--checkpoint_interval', '0', '--time_budget', '80'), log=lines.append)
+    assert [os.path.basename(p) for p in out['checkpoints']] == ['faster_rcnn_1_1_2.pth', 'faster_rcnn_1_2_0.pth']
+    assert out['stopped_by'] == 'time_budget'
+    assert ('stopped by the 80 s time budget after epoch 2 iteration 0; to continue: --r true --checksession 1 '
+            '--checkepoch 2 --checkpoint 0') in lines
+    assert load_checkpoint(out['checkpoints'][-1])['step'] == 0
+
+
+def test_time_budget_must_be_positive(tiny_shapes, tmp_path):
+    with pytest.raises(ValueError, match='--time_budget must be a positive number of seconds, got 0.0'):
+        train(tiny_args(tiny_shapes, tmp_path, '--epochs', '1', '--max_iters', '1', '--time_budget', '0'))
 
 
 def test_resume_mid_epoch_reproduces_the_uninterrupted_run(tiny_shapes, tmp_path):
@@ -419,12 +474,14 @@ def test_ddp_two_cpu_processes_train_and_rank0_saves_once(tiny_shapes, tmp_path)
     env = {**os.environ, 'PYTHONPATH': ROOT, 'OMP_NUM_THREADS': '1'}
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
            os.path.join(ROOT, 'trainval_net.py'), *tiny_argv(tiny_shapes, tmp_path, '--epochs', '1',
-                                                             '--disp_interval', '1')]
+                                                             '--disp_interval', '1', '--time_budget', '3600')]
     out = subprocess.run(cmd, cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     # 6 images + flips = 12 entries, bs 1, 2 processes: 6 iterations each; only rank 0 logs and saves
     lines = [line for line in out.stdout.splitlines() if line.startswith('[session 1][epoch  1]')]
     assert [line.split(']')[2] for line in lines] == [f'[iter {i:4d}/   6' for i in range(6)]
+    # --time_budget: the ranks agree on rank 0's clock at every display and after the epoch (a broadcast each)
+    assert out.stdout.count('time budget: ') == 2 and 'training to epoch 1' in out.stdout
     saved = sorted(os.path.basename(p) for p in glob.glob(str(tmp_path / 'models' / 'res18' / 'custom' / '*.pth')))
     assert saved == ['faster_rcnn_1_1_5.pth']
     ck = load_checkpoint(str(tmp_path / 'models' / 'res18' / 'custom' / 'faster_rcnn_1_1_5.pth'))

@@ -7,9 +7,10 @@
 #
 #   bash tools/gpu_checks.sh                  # stages "ops bench": build, CUDA tests, bench_ops, bench
 #   bash tools/gpu_checks.sh ops              # build, CUDA tests of the ops and the model, bench_ops
-#   bash tools/gpu_checks.sh probe train      # 80 iterations of the GPU main job give its speed, then the main
-#                                             # job with the schedule that fills the time left, and test_net
-#   bash tools/gpu_checks.sh pretrain ops bench probe   # the main job's data and backbone pretraining run in the
+#   bash tools/gpu_checks.sh train            # the GPU main job: data, backbone pretraining, training under
+#                                             # --time_budget (what the budget leaves, at most TRAIN_SECONDS),
+#                                             # test_net
+#   bash tools/gpu_checks.sh pretrain ops bench   # the main job's data and backbone pretraining run in the
 #                                             # background during the CUDA tests (the GPU is shared, nothing is
 #                                             # timed then); every stage that times waits for them first. A later
 #                                             # call's train stage on the same machine reuses that backbone.
@@ -23,31 +24,30 @@
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
 #     -d .whl easydict==1.14 pycocotools==2.0.11
-# Environment: BUDGET; TORCH_CUDA_ARCH_LIST (default 9.0, the H100/H200); for probe and train TRAIN_ARGS, NET,
-# WEIGHTS (default pretrain: tools/pretrain_backbone.py with PRETRAIN_ARGS first; none: from scratch; or a file),
-# TRAIN_SECONDS (default: what the budget leaves after two test runs) and PROBE_MIN_LEFT (default 360: with
-# less time left the probe is skipped and train runs TRAIN_ARGS until its limit, then tests that checkpoint).
+# Environment: BUDGET; TORCH_CUDA_ARCH_LIST (default 9.0, the H100/H200); for train TRAIN_ARGS, NET, WEIGHTS
+# (default pretrain: tools/pretrain_backbone.py with PRETRAIN_ARGS first; none: from scratch; or a file) and
+# TRAIN_SECONDS (default 540: with the pretraining's minute, the issue's ten minutes of training; less when the
+# budget leaves less after the test runs). The trainer's --time_budget fits its epochs and lr decay to that time.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 START=$(date +%s)
 BUDGET=${BUDGET:-560}
 STAGES=${*:-ops bench}
 for s in $STAGES; do  # a typo fails here, not after the build
-  case $s in pretrain|ops|bench|probe|train) ;;
-    *) echo "unknown stage '$s'; expected pretrain, ops, bench, probe or train" >&2; exit 2 ;;
+  case $s in pretrain|ops|bench|train) ;;
+    *) echo "unknown stage '$s'; expected pretrain, ops, bench or train" >&2; exit 2 ;;
   esac
 done
 LOGS=output/gpu_checks
-PROBE_LOG=output/gpu_probe.log  # outside $LOGS: a later call on the same machine still finds it
 rm -rf "$LOGS"
 mkdir -p "$LOGS"
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
 export PYTHONFAULTHANDLER=1  # a crash in a native library prints the Python stack it happened under
 status=0
-TEST_RESERVE=100  # seconds kept for the two test_net runs after training
+TEST_RESERVE=100  # seconds kept for the test_net runs after training
+TRAIN_MARGIN=30   # of the train stage's time, what is not --time_budget: Python's start, the last save
 KILL_AFTER=45     # seconds between a stage's SIGTERM and SIGKILL (the trainer finishes its iteration and saves)
-PROBE_MIN_LEFT=${PROBE_MIN_LEFT:-360}  # below this the probe is skipped: 80 iterations and a save cost 1-2 minutes
 
 left() { echo $(( START + BUDGET - $(date +%s) )); }
 
@@ -55,7 +55,7 @@ finish() {  # what comes back from a lent machine: the summary, the json results
   if [ -n "${OUT:-}" ]; then
     mkdir -p "$OUT"
     cp "$LOGS/summary.txt" "$LOGS"/*.json "$OUT"/ 2>/dev/null
-    tar czf "$OUT/gpu_checks_logs.tgz" --exclude=./models --exclude=./probe_models -C "$LOGS" .  # not the checkpoints
+    tar czf "$OUT/gpu_checks_logs.tgz" --exclude=./models -C "$LOGS" .  # not the checkpoints
   fi
 }
 trap finish EXIT
@@ -109,8 +109,9 @@ PRETRAIN_ARGS=${PRETRAIN_ARGS:-"--bs 128 --steps 600 --lr 0.004"}
 PRETRAINED=output/gpu_pretrain/${NET}_shapes_crops.pth  # outside $LOGS: a later call on the same machine reuses it
 SCRATCH=()  # cfgs/shapes_gpu.yml's fine-tuning rules (frozen BatchNorm, fixed blocks) would freeze random weights
 [ "$WEIGHTS" != none ] || SCRATCH=(--set TRAIN.BN_TRAIN True RESNET.FIXED_BLOCKS 0)
-TRAIN_ARGS_GIVEN=${TRAIN_ARGS:+yes}
-TRAIN_ARGS=${TRAIN_ARGS:-"--amp --bs 8 --nw 8 --lr 0.02 --epochs 12 --lr_decay_step 9"}
+# --epochs: only a bound, --time_budget sets the epochs that fit and decays the lr for the last quarter of them
+TRAIN_ARGS=${TRAIN_ARGS:-"--amp --bs 8 --nw 8 --lr 0.02 --epochs 100"}
+TRAIN_SECONDS=${TRAIN_SECONDS:-540}
 
 # what the build needs, in the summary: setup.py quietly builds CPU kernels only when it finds no nvcc
 { echo "nvcc: $(command -v nvcc || echo 'not on PATH'); CUDA_HOME=${CUDA_HOME:-unset}"
@@ -195,41 +196,23 @@ for s in $STAGES; do
       stage bench 300 "$PY" tools/bench.py --device cuda --sections train,test,loader --profile \
         --json "$LOGS/bench.json"
       ;;
-    probe)
-      wait_background
-      # the main job's training speed, so that the train stage's schedule, lr decay included, fits its time
-      # (the limit would cut a longer one, perhaps before its decay; a shorter one leaves time unused)
-      if [ "$(left)" -lt "$PROBE_MIN_LEFT" ]; then  # the probe would eat most of what training needs
-        echo "== probe: skipped, $(left) s left (< $PROBE_MIN_LEFT s); train runs TRAIN_ARGS until its limit" \
-          | tee -a "$LOGS/summary.txt"
-        continue
-      fi
-      # the main job's weights and settings, so that its speed is the main job's (random weights under frozen
-      # BatchNorm diverge at once: the first lent H100 saw a NaN loss at iteration 1 and no speed); after
-      # TRAIN_ARGS: the last of a repeated flag wins
-      main_job_weights || continue
-      stage probe 150 "$PY" trainval_net.py --dataset shapes --net "$NET" --weights "$weights" --cfg cfgs/shapes_gpu.yml \
-        --cuda --s 9 --save_dir "$LOGS/probe_models" $TRAIN_ARGS --disp_interval 20 --epochs 1 --max_iters 80 \
-        --checkpoint_interval 0 ${SCRATCH[@]+"${SCRATCH[@]}"} || continue
-      cp "$LOGS/probe.log" "$PROBE_LOG"
-      "$PY" tools/probe_schedule.py "$PROBE_LOG" "$(( $(left) - TEST_RESERVE ))" "$TRAIN_ARGS" \
-        | tee -a "$LOGS/summary.txt"
-      ;;
     train)
       wait_background
       main_job_weights || continue
-      seconds=$(( $(left) - TEST_RESERVE ))
-      if [ -n "${TRAIN_SECONDS:-}" ] && [ "$TRAIN_SECONDS" -lt "$seconds" ]; then seconds=$TRAIN_SECONDS; fi
-      args=$TRAIN_ARGS
-      if [ -z "$TRAIN_ARGS_GIVEN" ] && [ -f "$PROBE_LOG" ]; then  # the probe's schedule for the time there is
-        flags=$("$PY" tools/probe_schedule.py --flags "$PROBE_LOG" "$seconds" "$TRAIN_ARGS") && args="$args $flags"
+      budget=$(( $(left) - TEST_RESERVE - TRAIN_MARGIN ))  # what the deadline leaves, at most TRAIN_SECONDS
+      [ "$budget" -le "$TRAIN_SECONDS" ] || budget=$TRAIN_SECONDS
+      if [ "$budget" -lt 20 ]; then
+        echo "== train: skipped, $budget s of training left" | tee -a "$LOGS/summary.txt"
+        status=1
+        continue
       fi
-      echo "== train: $seconds s with $args" | tee -a "$LOGS/summary.txt"
-      # at the limit the trainer saves a checkpoint after its current iteration and exits 0; that one is tested
+      echo "== train: --time_budget $budget with $TRAIN_ARGS" | tee -a "$LOGS/summary.txt"
+      # the trainer ends within its budget with a checkpoint; at the stage's limit (the budget and the margin) a
+      # SIGTERM makes it save after its current iteration and exit 0 instead; the last checkpoint is tested
       # shellcheck disable=SC2086
-      stage train "$seconds" "$PY" trainval_net.py --dataset shapes --net "$NET" --weights "$weights" \
-        --cfg cfgs/shapes_gpu.yml --cuda --s 1 --save_dir "$LOGS/models" --disp_interval 50 $args ${SCRATCH[@]+"${SCRATCH[@]}"} \
-        || continue
+      stage train "$(( budget + TRAIN_MARGIN ))" "$PY" trainval_net.py --dataset shapes --net "$NET" --weights "$weights" \
+        --cfg cfgs/shapes_gpu.yml --cuda --s 1 --save_dir "$LOGS/models" --disp_interval 50 $TRAIN_ARGS \
+        --time_budget "$budget" ${SCRATCH[@]+"${SCRATCH[@]}"} || continue
       ckpt=$(ls -t "$LOGS/models/$NET/shapes"/faster_rcnn_1_*.pth 2>/dev/null | head -n 1)
       [ -n "$ckpt" ] || { echo "== train: no checkpoint" | tee -a "$LOGS/summary.txt"; status=1; continue; }
       IFS=_ read -r _ _ sess ep step <<< "$(basename "$ckpt" .pth)"

@@ -13,7 +13,10 @@ if python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)
   NET=${NET:-res50}; CFG=${CFG:-cfgs/shapes_gpu.yml}; DEV=--cuda; DEMO_THRESH=${DEMO_THRESH:-0.5}
   WEIGHTS=${WEIGHTS:-data/pretrained_model/resnet50_shapes.pth}
   PRETRAIN_ARGS=${PRETRAIN_ARGS:-"--bs 128 --steps 600 --lr 0.004"}
-  TRAIN_ARGS=${TRAIN_ARGS:-"--amp --bs 8 --nw 8 --lr 0.02 --epochs 12 --lr_decay_step 9"}
+  # ten minutes of training in all (the backbone's pretraining included): the trainer's --time_budget runs the
+  # epochs that fit in what the pretraining leaves (--epochs is a bound) and decays the lr for the last quarter
+  TRAIN_ARGS=${TRAIN_ARGS:-"--amp --bs 8 --nw 8 --lr 0.02 --epochs 100"}
+  TRAIN_SECONDS=${TRAIN_SECONDS-600}
 else
   NET=${NET:-res18}; CFG=${CFG:-cfgs/shapes_cpu.yml}; DEV=; DEMO_THRESH=${DEMO_THRESH:-0.5}
   # (add --val to PRETRAIN_ARGS for the classifier's accuracy on the test set's crops: about 20 s more here)
@@ -26,6 +29,7 @@ else
   fi
 fi
 [ "${AMP-auto}" != auto ] || AMP=  # on a GPU, --amp is in TRAIN_ARGS
+TRAIN_SECONDS=${TRAIN_SECONDS-}  # empty (the CPU's default): TRAIN_ARGS's own schedule, no time budget
 SESSION=1
 SAVE_DIR=${SAVE_DIR:-models}
 LOG_DIR=output/main_job
@@ -41,12 +45,17 @@ if [ "$WEIGHTS" != none ]; then
   python tools/pretrain_backbone.py --dataset shapes --net "$NET" --cfg "$CFG" --output "$WEIGHTS" $PRETRAIN_ARGS \
     $DEV $AMP 2>&1 | tee "$LOG_DIR/pretrain.log"
 fi
+BUDGET_FLAG=()
+if [ -n "$TRAIN_SECONDS" ]; then
+  BUDGET_FLAG=(--time_budget "$(( TRAIN_SECONDS - ($(date +%s) - start) ))")
+fi
 SCRATCH=()  # the yml's fine-tuning rules (frozen BatchNorm, fixed blocks) would freeze random weights
 [ "$WEIGHTS" != none ] || SCRATCH=(--set TRAIN.BN_TRAIN True RESNET.FIXED_BLOCKS 0)
 echo "== training $NET on shapes_trainval ($CFG, weights: $WEIGHTS) $DEV $AMP"
 # shellcheck disable=SC2086
 python trainval_net.py --dataset shapes --net "$NET" --weights "$WEIGHTS" --cfg "$CFG" --s $SESSION \
-  --save_dir "$SAVE_DIR" --disp_interval 50 $TRAIN_ARGS $DEV $AMP ${SCRATCH[@]+"${SCRATCH[@]}"} 2>&1 \
+  --save_dir "$SAVE_DIR" --disp_interval 50 $TRAIN_ARGS ${BUDGET_FLAG[@]+"${BUDGET_FLAG[@]}"} $DEV $AMP \
+  ${SCRATCH[@]+"${SCRATCH[@]}"} 2>&1 \
   | tee "$LOG_DIR/train.log"
 train_s=$(( $(date +%s) - start ))
 

@@ -68,6 +68,21 @@ def lr_decay_due(epoch, lr_decay_step):
     return epoch % (lr_decay_step + 1) == 0
 
 
+def fit_schedule(epoch, seconds_left, epoch_seconds, last_epoch, decayed):
+    """--time_budget's schedule after ``epoch`` ended: (last epoch, lr_decay_step or None to keep the current one).
+
+    The run ends with the last epoch that fits in ``seconds_left`` when an epoch takes ``epoch_seconds`` (never
+    past ``last_epoch``, the --epochs bound), and the lr decays once, at the start of its last quarter of epochs
+    (rounded half up: 12 epochs decay at 10, as the GPU job's --epochs 12 --lr_decay_step 9; 2 to 5 epochs decay
+    for the last one). Once the lr has ``decayed``, the schedule can only end sooner.
+    """
+    last = min(last_epoch, epoch + int(max(seconds_left, 0.0) // max(epoch_seconds, 1e-9)))
+    if decayed or last <= epoch:
+        return last, None
+    tail = min(max(1, (last + 2) // 4), last - epoch)  # the decayed epochs, all still to come
+    return last, last - tail  # lr_decay_due(last - tail + 1, last - tail); the next multiple is past last
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # loss tracking and the non-finite guard
 # ----------------------------------------------------------------------------------------------------------------
@@ -309,12 +324,15 @@ def _make_sampler(train_size, batch_size, rank, world, seed):
     return sampler(train_size, batch_size, rank=rank, world_size=world, seed=seed)
 
 
+_clock = time.time  # the run's clock: start, epoch times and --time_budget (tests put a fake one here)
+
+
 def run_training(args, log=None):
     """Train as trainval_net.py does, from parsed arguments. Returns a dict with output_dir, checkpoints (paths
     written, in order), history (one record per display: iter, epoch, step, loss, the 4 losses, lr), session and
     stopped_by (the name of the signal that stopped the run early, see StopRequest, or None).
     """
-    start_time = time.time()
+    start_time = _clock()
     rank, world, local_rank = init_distributed(args.cuda)
     is_main = rank == 0
     log = log or (lambda msg: tqdm.write(msg, file=sys.stdout))
@@ -436,13 +454,24 @@ def _train(args, rank, world, local_rank, is_main, say, start_time, stop):
         checkpoints.append(name)
         say(f'save model: {name}')
 
-    stopping = False  # a signal was seen at the end of an iteration (StopRequest)
-    for epoch in range(start_epoch, args.max_epochs + 1):
+    stopping = False  # a signal was seen at the end of an iteration (StopRequest), or the time budget ran out
+    budget = getattr(args, 'time_budget', None)
+    if budget is not None and not budget > 0:
+        raise ValueError(f'--time_budget must be a positive number of seconds, got {budget}')
+    last_epoch, lr_decay_step = args.max_epochs, args.lr_decay_step
+    decayed = lr < args.lr * (1 - 1e-6)  # a resumed run past its decay (--time_budget decays once)
+    if budget is not None:
+        say(f'time budget: {budget:.0f} s of training from the start of this run; the epochs (at most '
+            f'{last_epoch}) and the lr decay follow from the time an epoch takes')
+    epoch = start_epoch
+    while epoch <= last_epoch:
+        epoch_start = _clock()
         model.train()
         first_step = start_step if epoch == start_epoch else 0
-        if first_step == 0 and lr_decay_due(epoch, args.lr_decay_step):
+        if first_step == 0 and lr_decay_due(epoch, lr_decay_step):
             adjust_learning_rate(optimizer, args.lr_decay_gamma)
             lr *= args.lr_decay_gamma
+            decayed = True
         train_sampler.load_state_dict({'epoch': epoch, 'position': first_step})
         dataset.set_epoch(epoch)  # before iter(): workers copy the dataset then (the block scales vary by epoch)
         # A per-epoch generator for the loader's base seed: creating the iterator then draws nothing from the
@@ -455,7 +484,7 @@ def _train(args, rank, world, local_rank, is_main, say, start_time, stop):
         meter.reset()
         tic = time.time()
         bar = tqdm(total=iters_per_epoch * imgs_per_iter, initial=first_step * imgs_per_iter,
-                   desc=f'epoch {epoch}/{args.max_epochs}', unit='img', disable=not is_main,
+                   desc=f'epoch {epoch}/{last_epoch}', unit='img', disable=not is_main,
                    file=sys.stderr, dynamic_ncols=True, leave=False)
         for step in range(first_step, iters_per_epoch):
             im_data, im_info, gt_boxes, num_boxes, ids = next(data_iter)
@@ -504,11 +533,15 @@ def _train(args, rank, world, local_rank, is_main, say, start_time, stop):
 
             last = step == iters_per_epoch - 1
             # read once: a signal arriving between the save and the break would stop without its checkpoint
-            stopping = stop.signal is not None
+            # past the time budget (several processes agree at display steps only: it costs each a sync)
+            stopping = stop.signal is not None or (
+                budget is not None and not last and (world == 1 or step % args.disp_interval == 0)
+                and _agree(_clock() - start_time > budget, device, world))
             if last or (args.checkpoint_interval > 0 and (step + 1) % args.checkpoint_interval == 0) or stopping:
                 save(epoch, step)
             if stopping:
-                say(f'stopped by {stop.signal} after epoch {epoch} iteration {step}; to continue: --r true '
+                why = stop.signal or f'the {budget:.0f} s time budget'
+                say(f'stopped by {why} after epoch {epoch} iteration {step}; to continue: --r true '
                     f'--checksession {session} --checkepoch {epoch} --checkpoint {step}')
                 break
         del data_iter  # shuts the loader workers down now, not at interpreter exit
@@ -520,13 +553,37 @@ def _train(args, rank, world, local_rank, is_main, say, start_time, stop):
                 json.dump(history, f)
         if stopping:
             break
+        if budget is not None:
+            # a resumed epoch ran part of its iterations: its time scaled to a whole epoch
+            epoch_seconds = (_clock() - epoch_start) * iters_per_epoch / (iters_per_epoch - first_step)
+            last, step_now = fit_schedule(epoch, budget - (_clock() - start_time), epoch_seconds, last_epoch,
+                                          decayed)
+            before = (last_epoch, lr_decay_step)
+            last_epoch = _agree(last, device, world)  # every rank runs rank 0's schedule
+            if step_now is not None:
+                lr_decay_step = _agree(step_now, device, world)
+            if (last_epoch, lr_decay_step) != before or epoch == start_epoch:
+                decay = '' if decayed or last_epoch <= epoch else \
+                    f', lr x {args.lr_decay_gamma:g} from epoch {lr_decay_step + 1}'
+                say(f'time budget: {budget - (_clock() - start_time):.0f} s left, {epoch_seconds:.1f} s per epoch: '
+                    f'training to epoch {last_epoch}{decay}')
+        epoch += 1
 
     if writer is not None:
         writer.close()
-    total = time.time() - start_time
+    total = _clock() - start_time
     say(f'TOTAL RUNTIME WAS {total:.1f} seconds .. or d:h:m:s -> {_format_time(total)}')
     return {'output_dir': output_dir, 'checkpoints': checkpoints, 'history': history, 'session': session,
-            'stopped_by': stop.signal if stopping else None}
+            'stopped_by': (stop.signal or 'time_budget') if stopping else None}
+
+
+def _agree(value, device, world):
+    """``value`` (an int or bool) as rank 0 has it, on every rank of a distributed run; itself in one process."""
+    if world == 1:
+        return value
+    t = torch.tensor([int(value)], device=device if device.type == 'cuda' else 'cpu')
+    torch.distributed.broadcast(t, 0)
+    return type(value)(t.item())
 
 
 def _resume(args, ck, load_name, core, optimizer, scaler, classes, iters_per_epoch, world, say):
