@@ -47,7 +47,12 @@ if [ "$WEIGHTS" != none ]; then
 fi
 BUDGET_FLAG=()
 if [ -n "$TRAIN_SECONDS" ]; then
-  BUDGET_FLAG=(--time_budget "$(( TRAIN_SECONDS - ($(date +%s) - start) ))")
+  budget=$(( TRAIN_SECONDS - ($(date +%s) - start) ))
+  if [ "$budget" -lt 60 ]; then  # a slow machine: the pretraining took (nearly) all of it
+    echo "== the pretraining left $budget of TRAIN_SECONDS=$TRAIN_SECONDS s; training for 60 s instead"
+    budget=60
+  fi
+  BUDGET_FLAG=(--time_budget "$budget")
 fi
 SCRATCH=()  # the yml's fine-tuning rules (frozen BatchNorm, fixed blocks) would freeze random weights
 [ "$WEIGHTS" != none ] || SCRATCH=(--set TRAIN.BN_TRAIN True RESNET.FIXED_BLOCKS 0)
