@@ -229,6 +229,13 @@ def test_time_budget_sets_the_epochs_and_the_decay_from_the_epoch_time(tiny_shap
     assert 'time budget: 70 s left, 30.0 s per epoch: training to epoch 3, lr x 0.1 from epoch 3' in lines
     assert out['stopped_by'] is None and clock.now - 1000.0 == 90.0
 
+    # resumed after its decay, a budget run decays no more (--lr_decay_step 1 would at epochs 4 and 6)
+    out = train(tiny_args(tiny_shapes, tmp_path, '--epochs', '6', '--max_iters', '3', '--disp_interval', '1',
+                          '--checkpoint_interval', '0', '--lr_decay_step', '1', '--time_budget', '1000', '--r',
+                          'true', '--checkepoch', '3', '--checkpoint', '2'))
+    assert {r['epoch']: r['lr'] for r in out['history'] if r['epoch'] > 3} == pytest.approx({4: 0.001, 5: 0.001,
+                                                                                             6: 0.001})
+
 
 def test_time_budget_stops_mid_epoch_with_a_checkpoint(tiny_shapes, tmp_path, monkeypatch):
     StepClock(monkeypatch, lambda epoch: 10.0 if epoch == 1 else 60.0)  # epoch 2 turns out slower

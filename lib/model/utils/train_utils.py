@@ -330,7 +330,8 @@ _clock = time.time  # the run's clock: start, epoch times and --time_budget (tes
 def run_training(args, log=None):
     """Train as trainval_net.py does, from parsed arguments. Returns a dict with output_dir, checkpoints (paths
     written, in order), history (one record per display: iter, epoch, step, loss, the 4 losses, lr), session and
-    stopped_by (the name of the signal that stopped the run early, see StopRequest, or None).
+    stopped_by (the name of the signal that stopped the run early, see StopRequest, 'time_budget' when
+    --time_budget did, or None).
     """
     start_time = _clock()
     rank, world, local_rank = init_distributed(args.cuda)
@@ -461,6 +462,7 @@ def _train(args, rank, world, local_rank, is_main, say, start_time, stop):
     last_epoch, lr_decay_step = args.max_epochs, args.lr_decay_step
     decayed = lr < args.lr * (1 - 1e-6)  # a resumed run past its decay (--time_budget decays once)
     if budget is not None:
+        lr_decay_step = last_epoch  # no decay (lr_decay_due(last_epoch + 1, ...)) until fit_schedule places one
         say(f'time budget: {budget:.0f} s of training from the start of this run; the epochs (at most '
             f'{last_epoch}) and the lr decay follow from the time an epoch takes')
     epoch = start_epoch
@@ -556,10 +558,10 @@ def _train(args, rank, world, local_rank, is_main, say, start_time, stop):
         if budget is not None:
             # a resumed epoch ran part of its iterations: its time scaled to a whole epoch
             epoch_seconds = (_clock() - epoch_start) * iters_per_epoch / (iters_per_epoch - first_step)
-            last, step_now = fit_schedule(epoch, budget - (_clock() - start_time), epoch_seconds, last_epoch,
-                                          decayed)
+            fit_last, step_now = fit_schedule(epoch, budget - (_clock() - start_time), epoch_seconds, last_epoch,
+                                              decayed)
             before = (last_epoch, lr_decay_step)
-            last_epoch = _agree(last, device, world)  # every rank runs rank 0's schedule
+            last_epoch = _agree(fit_last, device, world)  # every rank runs rank 0's schedule
             if step_now is not None:
                 lr_decay_step = _agree(step_now, device, world)
             if (last_epoch, lr_decay_step) != before or epoch == start_epoch:
