@@ -76,7 +76,7 @@ def test_the_main_job_pretrains_then_fine_tunes_from_those_weights(tmp_path):
     pretrain, = script_calls(calls, 'tools/pretrain_backbone.py')
     assert {'--cuda', '--val'} <= set(pretrain) and flag(pretrain, '--net') == 'res50'
     assert flag(pretrain, '--cfg') == 'cfgs/shapes_gpu.yml'
-    assert (flag(pretrain, '--bs'), flag(pretrain, '--steps'), flag(pretrain, '--lr')) == ('128', '600', '0.004')
+    assert (flag(pretrain, '--bs'), flag(pretrain, '--steps'), flag(pretrain, '--lr')) == ('128', '1200', '0.004')
     train, = script_calls(calls, 'trainval_net.py')
     assert flag(train, '--weights') == flag(pretrain, '--output') == 'output/gpu_pretrain/res50_shapes_crops.pth'
     assert '--set' not in train  # the yml's fine-tuning rules stand

@@ -105,7 +105,7 @@ NET=${NET:-res50}
 # the main job's backbone: 'pretrain' (tools/pretrain_backbone.py on the training set's object crops first, as
 # README command (a)), 'none' (from scratch), or a weights file
 WEIGHTS=${WEIGHTS:-pretrain}
-PRETRAIN_ARGS=${PRETRAIN_ARGS:-"--bs 128 --steps 600 --lr 0.004"}
+PRETRAIN_ARGS=${PRETRAIN_ARGS:-"--bs 128 --steps 1200 --lr 0.004"}
 PRETRAINED=output/gpu_pretrain/${NET}_shapes_crops.pth  # outside $LOGS: a later call on the same machine reuses it
 SCRATCH=()  # cfgs/shapes_gpu.yml's fine-tuning rules (frozen BatchNorm, fixed blocks) would freeze random weights
 [ "$WEIGHTS" != none ] || SCRATCH=(--set TRAIN.BN_TRAIN True RESNET.FIXED_BLOCKS 0)

@@ -12,7 +12,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 if python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
   NET=${NET:-res50}; CFG=${CFG:-cfgs/shapes_gpu.yml}; DEV=--cuda; DEMO_THRESH=${DEMO_THRESH:-0.5}
   WEIGHTS=${WEIGHTS:-data/pretrained_model/resnet50_shapes.pth}
-  PRETRAIN_ARGS=${PRETRAIN_ARGS:-"--bs 128 --steps 600 --lr 0.004"}
+  PRETRAIN_ARGS=${PRETRAIN_ARGS:-"--bs 128 --steps 1200 --lr 0.004"}
   # ten minutes of training in all (the backbone's pretraining included): the trainer's --time_budget runs the
   # epochs that fit in what the pretraining leaves (--epochs is a bound) and decays the lr for the last quarter
   TRAIN_ARGS=${TRAIN_ARGS:-"--amp --bs 8 --nw 8 --lr 0.02 --epochs 100"}
