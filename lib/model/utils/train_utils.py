@@ -556,10 +556,11 @@ def _train(args, rank, world, local_rank, is_main, say, start_time, stop):
         if stopping:
             break
         if budget is not None:
+            now = _clock()
+            seconds_left = budget - (now - start_time)
             # a resumed epoch ran part of its iterations: its time scaled to a whole epoch
-            epoch_seconds = (_clock() - epoch_start) * iters_per_epoch / (iters_per_epoch - first_step)
-            fit_last, step_now = fit_schedule(epoch, budget - (_clock() - start_time), epoch_seconds, last_epoch,
-                                              decayed)
+            epoch_seconds = (now - epoch_start) * iters_per_epoch / (iters_per_epoch - first_step)
+            fit_last, step_now = fit_schedule(epoch, seconds_left, epoch_seconds, last_epoch, decayed)
             before = (last_epoch, lr_decay_step)
             last_epoch = _agree(fit_last, device, world)  # every rank runs rank 0's schedule
             if step_now is not None:
@@ -567,7 +568,7 @@ def _train(args, rank, world, local_rank, is_main, say, start_time, stop):
             if (last_epoch, lr_decay_step) != before or epoch == start_epoch:
                 decay = '' if decayed or last_epoch <= epoch else \
                     f', lr x {args.lr_decay_gamma:g} from epoch {lr_decay_step + 1}'
-                say(f'time budget: {budget - (_clock() - start_time):.0f} s left, {epoch_seconds:.1f} s per epoch: '
+                say(f'time budget: {seconds_left:.0f} s left, {epoch_seconds:.1f} s per epoch: '
                     f'training to epoch {last_epoch}{decay}')
         epoch += 1
 
