@@ -110,7 +110,7 @@ PRETRAINED=output/gpu_pretrain/${NET}_shapes_crops.pth  # outside $LOGS: a later
 SCRATCH=()  # cfgs/shapes_gpu.yml's fine-tuning rules (frozen BatchNorm, fixed blocks) would freeze random weights
 [ "$WEIGHTS" != none ] || SCRATCH=(--set TRAIN.BN_TRAIN True RESNET.FIXED_BLOCKS 0)
 # --epochs: only a bound, --time_budget sets the epochs that fit and decays the lr for the last quarter of them
-TRAIN_ARGS=${TRAIN_ARGS:-"--amp --bs 8 --nw 8 --lr 0.02 --epochs 100"}
+TRAIN_ARGS=${TRAIN_ARGS:-"--amp --bs 8 --nw 8 --lr 0.08 --epochs 100"}
 TRAIN_SECONDS=${TRAIN_SECONDS:-510}
 
 # what the build needs, in the summary: setup.py quietly builds CPU kernels only when it finds no nvcc
