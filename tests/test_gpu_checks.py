@@ -41,7 +41,7 @@ def run_train_stage(tmp_path, stages=('train',), **env):
     and the summary. A second call with the same tmp_path runs on the same copy, as a second call on a warm lent
     machine does."""
     repo = tmp_path / 'repo'
-    for rel in ('tools/gpu_checks.sh', 'cfgs/shapes_gpu.yml'):
+    for rel in ('tools/gpu_checks.sh', 'tools/main_job_gpu.sh', 'cfgs/shapes_gpu.yml'):
         (repo / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(os.path.join(ROOT, rel), repo / rel)
     bin_dir = tmp_path / 'bin'

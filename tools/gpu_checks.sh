@@ -28,6 +28,7 @@
 # (default pretrain: tools/pretrain_backbone.py with PRETRAIN_ARGS first; none: from scratch; or a file) and
 # TRAIN_SECONDS (default 510: with the pretraining's 90 s, the issue's ten minutes of training; less when the
 # budget leaves less after the test runs). The trainer's --time_budget fits its epochs and lr decay to that time.
+# The defaults of NET, PRETRAIN_ARGS and TRAIN_ARGS are README command (a)'s, in tools/main_job_gpu.sh.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 START=$(date +%s)
@@ -101,16 +102,13 @@ if ! "$PY" -c "import easydict, cv2, yaml, tqdm, matplotlib, scipy" 2>&1 | tee -
   exit 1
 fi
 
-NET=${NET:-res50}
+. tools/main_job_gpu.sh  # NET, PRETRAIN_ARGS, TRAIN_ARGS: README command (a)'s GPU recipe
 # the main job's backbone: 'pretrain' (tools/pretrain_backbone.py on the training set's object crops first, as
 # README command (a)), 'none' (from scratch), or a weights file
 WEIGHTS=${WEIGHTS:-pretrain}
-PRETRAIN_ARGS=${PRETRAIN_ARGS:-"--bs 128 --steps 1200 --lr 0.004"}
 PRETRAINED=output/gpu_pretrain/${NET}_shapes_crops.pth  # outside $LOGS: a later call on the same machine reuses it
 SCRATCH=()  # cfgs/shapes_gpu.yml's fine-tuning rules (frozen BatchNorm, fixed blocks) would freeze random weights
 [ "$WEIGHTS" != none ] || SCRATCH=(--set TRAIN.BN_TRAIN True RESNET.FIXED_BLOCKS 0)
-# --epochs: only a bound, --time_budget sets the epochs that fit and decays the lr for the last quarter of them
-TRAIN_ARGS=${TRAIN_ARGS:-"--amp --bs 8 --nw 8 --lr 0.08 --epochs 100"}
 TRAIN_SECONDS=${TRAIN_SECONDS:-510}
 
 # what the build needs, in the summary: setup.py quietly builds CPU kernels only when it finds no nvcc

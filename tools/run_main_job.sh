@@ -10,14 +10,11 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 . tools/setup_env.sh
 
 if python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
-  NET=${NET:-res50}; CFG=${CFG:-cfgs/shapes_gpu.yml}; DEV=--cuda; DEMO_THRESH=${DEMO_THRESH:-0.5}
+  . tools/main_job_gpu.sh  # NET, PRETRAIN_ARGS, TRAIN_ARGS: the recipe tools/gpu_checks.sh trains too
+  CFG=${CFG:-cfgs/shapes_gpu.yml}; DEV=--cuda; DEMO_THRESH=${DEMO_THRESH:-0.5}
   WEIGHTS=${WEIGHTS:-data/pretrained_model/resnet50_shapes.pth}
-  PRETRAIN_ARGS=${PRETRAIN_ARGS:-"--bs 128 --steps 1200 --lr 0.004"}
   # ten minutes of training in all (the backbone's pretraining included): the trainer's --time_budget runs the
-  # epochs that fit in what the pretraining leaves (--epochs is a bound) and decays the lr for the last quarter
-  # of them. lr 0.08 for 8 images is four times the CPU's 0.02 for one (docs/TRAINING.md: in a CPU trial at
-  # --bs 8, lr 0.02 scored 0.08 mAP below lr 0.08, and lr 0.16 no better than 0.08)
-  TRAIN_ARGS=${TRAIN_ARGS:-"--amp --bs 8 --nw 8 --lr 0.08 --epochs 100"}
+  # epochs that fit in what the pretraining leaves
   TRAIN_SECONDS=${TRAIN_SECONDS-600}
 else
   NET=${NET:-res18}; CFG=${CFG:-cfgs/shapes_cpu.yml}; DEV=; DEMO_THRESH=${DEMO_THRESH:-0.5}
