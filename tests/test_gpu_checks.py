@@ -26,7 +26,12 @@ if [ "$1" = trainval_net.py ]; then
   done
   mkdir -p "$save/$net/shapes" && touch "$save/$net/shapes/faster_rcnn_${s}_3_120.pth"
 fi
-if [ "$1" = test_net.py ]; then echo "mAP (the dataset's metric, VOC07): 0.9123"; fi
+if [ "$1" = test_net.py ]; then
+  mkdir -p output/test && touch output/test/detections.npz output/test/detections.json
+  echo "mAP (the dataset's metric, VOC07): 0.9123"
+  echo "[test_net] detections saved to $PWD/output/test/detections.npz"
+fi
+if [ "$1" = tools/analyze_detections.py ]; then echo "       all      662  0.950  0.960  0.900"; fi
 if [ "$1" = tools/pretrain_backbone.py ]; then  # long enough for the stages beside it to start, then its file
   sleep "${PRETRAIN_SLEEP:-0}"
   while [ $# -gt 0 ]; do [ "$1" != --output ] || touch "$2"; shift; done
@@ -72,7 +77,7 @@ def test_the_main_job_pretrains_then_fine_tunes_from_those_weights(tmp_path):
     calls, summary = run_train_stage(tmp_path)
     order = [c[0] for c in calls if c[0].endswith('.py')]
     assert order == ['setup.py', 'tools/make_shapes_voc.py', 'tools/pretrain_backbone.py', 'trainval_net.py',
-                     'test_net.py']  # the build first (no earlier one here)
+                     'test_net.py', 'tools/analyze_detections.py']  # the build first (no earlier one here)
     pretrain, = script_calls(calls, 'tools/pretrain_backbone.py')
     assert {'--cuda', '--val'} <= set(pretrain) and flag(pretrain, '--net') == 'res50'
     assert flag(pretrain, '--cfg') == 'cfgs/shapes_gpu.yml'
@@ -84,6 +89,12 @@ def test_the_main_job_pretrains_then_fine_tunes_from_those_weights(tmp_path):
     assert flag(test, '--bn_stats') == 'running'
     assert (flag(test, '--checksession'), flag(test, '--checkepoch'), flag(test, '--checkpoint')) == ('1', '3', '120')
     assert 'BatchNorm on running statistics: mAP (the dataset\'s metric, VOC07): 0.9123' in summary
+    # the test's detections go by object size into the summary, and into the logs that come back
+    analysis, = script_calls(calls, 'tools/analyze_detections.py')
+    assert analysis[1:] == [str(tmp_path / 'repo' / 'output' / 'test' / 'detections.npz'), '--dataset', 'shapes']
+    assert 'all      662  0.950  0.960  0.900' in summary
+    logs = tmp_path / 'repo' / 'output' / 'gpu_checks' / 'test_bn_running'
+    assert sorted(os.listdir(logs)) == ['detections.json', 'detections.npz']
 
 
 def test_from_scratch_trains_batchnorm_and_every_block(tmp_path):

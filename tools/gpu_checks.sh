@@ -223,6 +223,14 @@ for s in $STAGES; do
           --load_dir "$LOGS/models" --checksession "$sess" --checkepoch "$ep" --checkpoint "$step" --bn_stats "$bn"
         grep -h -m1 'mAP (the dataset' "$LOGS/test_bn_$bn.log" | sed "s/^/BatchNorm on $bn statistics: /" \
           | tee -a "$LOGS/summary.txt"
+        # where the mAP goes by object size, and the detections themselves (about 1 MB), so that a missed
+        # target can be analysed after the machine is gone (tools/analyze_detections.py)
+        det=$(grep -h -m1 'detections saved to' "$LOGS/test_bn_$bn.log" | sed 's/.*detections saved to //')
+        if [ -n "$det" ] && [ -f "$det" ]; then
+          mkdir -p "$LOGS/test_bn_$bn"
+          cp "$det" "${det%.npz}.json" "$LOGS/test_bn_$bn"/ 2>/dev/null
+          timeout 60 "$PY" tools/analyze_detections.py "$det" --dataset shapes 2>&1 | tee -a "$LOGS/summary.txt"
+        fi
       done
       ;;
   esac
