@@ -237,6 +237,21 @@ def test_time_budget_sets_the_epochs_and_the_decay_from_the_epoch_time(tiny_shap
                                                                                              6: 0.001})
 
 
+def test_time_budget_plan_grows_when_epochs_get_faster_until_the_decay(tiny_shapes, tmp_path, monkeypatch):
+    # the first epoch is slow (on a GPU: start-up, cudnn.benchmark searching every new image shape), the rest fast.
+    # The first plan fits 6 epochs; at the later pace the run must grow to what the budget holds (until 2026-11-27
+    # the first plan was final: a CPU run given 5400 s planned 13 epochs after a slow first one, and ended at 4530 s)
+    StepClock(monkeypatch, lambda epoch: 20.0 if epoch == 1 else 10.0)  # 3 steps: 60 s, then 30 s an epoch
+    lines = []
+    out = train(tiny_args(tiny_shapes, tmp_path, '--epochs', '20', '--max_iters', '3', '--disp_interval', '1',
+                          '--checkpoint_interval', '0', '--time_budget', '400'), log=lines.append)
+    assert 'time budget: 340 s left, 60.0 s per epoch: training to epoch 6, lr x 0.1 from epoch 5' in lines
+    assert 'time budget: 310 s left, 30.0 s per epoch: training to epoch 12, lr x 0.1 from epoch 10' in lines
+    lrs = {r['epoch']: r['lr'] for r in out['history']}
+    assert sorted(lrs) == list(range(1, 13)) and out['stopped_by'] is None
+    assert [e for e in lrs if lrs[e] < 0.005] == [10, 11, 12]  # one decay, for the last quarter of the 12 epochs
+
+
 def test_time_budget_stops_mid_epoch_with_a_checkpoint(tiny_shapes, tmp_path, monkeypatch):
     StepClock(monkeypatch, lambda epoch: 10.0 if epoch == 1 else 60.0)  # epoch 2 turns out slower
     lines = []

@@ -72,9 +72,9 @@ def fit_schedule(epoch, seconds_left, epoch_seconds, last_epoch, decayed):
     """--time_budget's schedule after ``epoch`` ended: (last epoch, lr_decay_step or None to keep the current one).
 
     The run ends with the last epoch that fits in ``seconds_left`` when an epoch takes ``epoch_seconds`` (never
-    past ``last_epoch``, the --epochs bound), and the lr decays once, at the start of its last quarter of epochs
-    (rounded half up: 12 epochs decay at 10, as the GPU job's --epochs 12 --lr_decay_step 9; 2 to 5 epochs decay
-    for the last one). Once the lr has ``decayed``, the schedule can only end sooner.
+    past ``last_epoch``: the --epochs bound before the decay, the current plan after it), and the lr decays once,
+    at the start of its last quarter of epochs (rounded half up: 12 epochs decay at 10, as --epochs 12
+    --lr_decay_step 9 does; 2 to 5 epochs decay for the last one). Once the lr has ``decayed``, no decay is placed.
     """
     last = min(last_epoch, epoch + int(max(seconds_left, 0.0) // max(epoch_seconds, 1e-9)))
     if decayed or last <= epoch:
@@ -560,7 +560,11 @@ def _train(args, rank, world, local_rank, is_main, say, start_time, stop):
             seconds_left = budget - (now - start_time)
             # a resumed epoch ran part of its iterations: its time scaled to a whole epoch
             epoch_seconds = (now - epoch_start) * iters_per_epoch / (iters_per_epoch - first_step)
-            fit_last, step_now = fit_schedule(epoch, seconds_left, epoch_seconds, last_epoch, decayed)
+            # before the decay the plan follows the pace up to --epochs (a first epoch slowed by start-up costs,
+            # such as cudnn.benchmark's search for every new input shape, must not cap the run); after it, the
+            # plan can only end sooner
+            bound = last_epoch if decayed else args.max_epochs
+            fit_last, step_now = fit_schedule(epoch, seconds_left, epoch_seconds, bound, decayed)
             before = (last_epoch, lr_decay_step)
             last_epoch = _agree(fit_last, device, world)  # every rank runs rank 0's schedule
             if step_now is not None:
