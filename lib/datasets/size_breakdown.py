@@ -6,25 +6,15 @@ rates are counted, per object:
 - found: some detection, of any class, scores >= found_thresh at IoU >= iou with the object;
 - class: of the found objects, those whose best-scoring such detection has the object's class;
 - right: some detection of the object's class scores >= right_thresh at IoU >= iou with it.
-IoU is pixel-inclusive (width = x2 - x1 + 1), as everywhere in this project. Detections are in the layout
+IoU is pixel-inclusive (width = x2 - x1 + 1): the model's own bbox_overlaps. Detections are in the layout
 test_net.py saves (all_boxes[class][image] = [N, 5] x1, y1, x2, y2, score, 0-based like the roidb's boxes).
 """
 import numpy as np
+import torch
+
+from lib.model.rpn.bbox_transform import bbox_overlaps
 
 SIZE_EDGES = (24, 48, 96)  # px: bins < 24, 24-48, 48-96, >= 96
-
-
-def pairwise_iou(a, b):
-    """[G, 4] x [D, 4] boxes (x1, y1, x2, y2, pixel-inclusive) -> [G, D] IoU, float64."""
-    a = np.asarray(a, np.float64).reshape(-1, 4)
-    b = np.asarray(b, np.float64).reshape(-1, 4)
-    iw = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]) + 1
-    ih = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]) + 1
-    inter = np.clip(iw, 0, None) * np.clip(ih, 0, None)
-    area_a = (a[:, 2] - a[:, 0] + 1) * (a[:, 3] - a[:, 1] + 1)
-    area_b = (b[:, 2] - b[:, 0] + 1) * (b[:, 3] - b[:, 1] + 1)
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
 
 
 def bin_labels(edges=SIZE_EDGES):
@@ -60,15 +50,16 @@ def object_outcomes(all_boxes, roidb, iou=0.5, found_thresh=0.3, right_thresh=0.
         if not len(gt):
             continue
         per_class = [np.asarray(all_boxes[j][i], np.float64).reshape(-1, 5) for j in range(1, num_classes)]
-        dets = np.concatenate(per_class) if per_class else np.zeros((0, 5))
-        labels = np.concatenate([np.full(len(d), j + 1) for j, d in enumerate(per_class)]) if per_class \
-            else np.zeros(0, int)
-        ov = pairwise_iou(gt, dets[:, :4]) >= iou  # [G, D]
+        dets = np.concatenate([np.zeros((0, 5))] + per_class)  # every class's, [D, 5]
+        labels = np.concatenate([np.zeros(0, int)] + [np.full(len(d), j) for j, d in enumerate(per_class, 1)])
+        ov = bbox_overlaps(torch.from_numpy(gt), torch.from_numpy(dets[:, :4])).numpy() >= iou  # [G, D]
         scores = dets[:, 4]
         cand = ov & (scores[None, :] >= found_thresh)
         f = cand.any(axis=1)
-        best = np.argmax(np.where(cand, scores[None, :], -np.inf), axis=1) if len(dets) else np.zeros(len(gt), int)
-        c = f & (labels[best] == gt_cls) if len(dets) else np.zeros(len(gt), bool)
+        c = np.zeros(len(gt), bool)
+        if len(dets):  # the class of each object's best-scoring candidate (only read where one was found)
+            best = np.argmax(np.where(cand, scores[None, :], -np.inf), axis=1)
+            c = f & (labels[best] == gt_cls)
         r = (ov & (scores[None, :] >= right_thresh) & (labels[None, :] == gt_cls[:, None])).any(axis=1)
         sizes.append(np.maximum(gt[:, 2] - gt[:, 0] + 1, gt[:, 3] - gt[:, 1] + 1))
         found.append(f)

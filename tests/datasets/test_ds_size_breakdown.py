@@ -6,24 +6,30 @@ import pytest
 import torch
 import torchvision
 
-from lib.datasets.size_breakdown import bin_labels, format_breakdown, object_outcomes, pairwise_iou, size_breakdown
+from lib.datasets.size_breakdown import bin_labels, format_breakdown, object_outcomes, size_breakdown
+from lib.model.rpn.bbox_transform import bbox_overlaps
 from lib.model.utils.test_utils import save_detections
 
 
-def test_pairwise_iou_is_pixel_inclusive_and_matches_torchvision_on_shifted_boxes():
+def test_the_iou_it_uses_is_pixel_inclusive_and_matches_torchvision_on_shifted_boxes():
+    # size_breakdown matches objects with the model's bbox_overlaps, on float64 arrays, empty ones included
+    def iou(a, b):
+        return bbox_overlaps(torch.as_tensor(a, dtype=torch.float64).reshape(-1, 4),
+                             torch.as_tensor(b, dtype=torch.float64).reshape(-1, 4)).numpy()
     g = torch.Generator().manual_seed(0)
     xy = torch.rand(40, 2, generator=g) * 100
     wh = torch.rand(40, 2, generator=g) * 60
     boxes = torch.cat([xy, xy + wh], 1).double()
     a, b = boxes[:15], boxes[15:]
-    ours = pairwise_iou(a.numpy(), b.numpy())
+    ours = iou(a.numpy(), b.numpy())
     shifted = lambda t: torch.cat([t[:, :2], t[:, 2:] + 1], 1)  # noqa: E731
     ref = torchvision.ops.box_iou(shifted(a), shifted(b)).numpy()
     np.testing.assert_allclose(ours, ref, rtol=1e-12, atol=1e-12)
     # by hand: two 10 x 10 boxes (0..9) overlapping in 5 x 10 pixels: 50 / 150
-    assert pairwise_iou([[0, 0, 9, 9]], [[5, 0, 14, 9]])[0, 0] == pytest.approx(1 / 3)
-    assert pairwise_iou([[0, 0, 9, 9]], [[10, 0, 19, 9]])[0, 0] == 0  # touching, no shared pixel
-    assert pairwise_iou(np.zeros((0, 4)), [[0, 0, 1, 1]]).shape == (0, 1)
+    assert iou([[0, 0, 9, 9]], [[5, 0, 14, 9]])[0, 0] == pytest.approx(1 / 3)
+    assert iou([[0, 0, 9, 9]], [[10, 0, 19, 9]])[0, 0] == 0  # touching, no shared pixel
+    assert iou(np.zeros((0, 4)), [[0, 0, 1, 1]]).shape == (0, 1)
+    assert iou([[0, 0, 1, 1]], np.zeros((0, 4))).shape == (1, 0)
 
 
 def test_bin_labels():
