@@ -31,6 +31,7 @@ def test_the_tool_writes_a_backbone_that_trainval_net_loads(tiny_set, tmp_path, 
     sd = torch.load(out, weights_only=True)
     assert sd['__format__'] == 'pytorch' and 'layer4.1.conv2.weight' in sd and 'fc.weight' not in sd
     log = json.load(open(out + '.json'))
+    assert log['min_side'] == 16  # --crop_size: no object is enlarged in its crop
     assert log['steps'] == 3 and log['net'] == 'res18' and [h['step'] for h in log['history']] == [3]
     assert log['train_crops'] >= 6 and 0.0 <= log['val_object_accuracy'] <= 1.0
     printed = capsys.readouterr().out

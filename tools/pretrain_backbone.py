@@ -35,6 +35,9 @@ def build_parser():
     p.add_argument('--weight_decay', dest='weight_decay', default=1e-4, type=float, help='AdamW weight decay')
     p.add_argument('--warmup', dest='warmup', default=50, type=int, help='linear warm-up steps')
     p.add_argument('--crop_size', dest='crop_size', default=64, type=int, help='network input, pixels a side')
+    p.add_argument('--min_side', dest='min_side', default=None, type=float,
+                   help='least side of a crop square, pixels at the detector scale (default --crop_size: an object '
+                        'smaller than that keeps its own size in its crop, none is enlarged)')
     p.add_argument('--bg_per_image', dest='bg_per_image', default=4, type=int,
                    help='background crops tried per image (kept when IoU <= 0.3 with every box)')
     p.add_argument('--val', dest='val', action='store_true',
@@ -70,7 +73,8 @@ def main(argv=None):
     settings = DATASETS[args.dataset]
     output = args.output or pretrain.default_output_path(cfg.DATA_DIR, args.net, args.dataset)
     scale, max_size = cfg.TRAIN.SCALES[0], cfg.TRAIN.MAX_SIZE
-    crop_kw = dict(target_size=scale, max_size=max_size, crop_size=args.crop_size, bg_per_image=args.bg_per_image)
+    crop_kw = dict(target_size=scale, max_size=max_size, crop_size=args.crop_size, bg_per_image=args.bg_per_image,
+                   min_side=args.crop_size if args.min_side is None else args.min_side)
 
     t0 = time.time()
     imdb, roidb = _roidb(settings['imdb_name'])
@@ -89,7 +93,8 @@ def main(argv=None):
     train_s = time.time() - t0
     save_checkpoint(pretrain.backbone_state_dict(model), output)
     result = {'dataset': args.dataset, 'net': args.net, 'steps': args.steps, 'batch_size': args.batch_size,
-              'lr': args.lr, 'amp': args.amp, 'crop_size': args.crop_size, 'seed': seed, 'train_crops': len(crops),
+              'lr': args.lr, 'amp': args.amp, 'crop_size': args.crop_size,
+              'min_side': crop_kw['min_side'], 'seed': seed, 'train_crops': len(crops),
               'crops_and_training_s': round(train_s, 1), 'history': history}
     print(f'wrote {output} ({train_s:.0f} s; final loss {history[-1]["loss"]:.3f})')
 
