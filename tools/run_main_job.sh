@@ -20,7 +20,7 @@ else
   NET=${NET:-res18}; CFG=${CFG:-cfgs/shapes_cpu.yml}; DEV=; DEMO_THRESH=${DEMO_THRESH:-0.5}
   # (add --val to PRETRAIN_ARGS for the classifier's accuracy on the test set's crops: about 20 s more here)
   WEIGHTS=${WEIGHTS:-data/pretrained_model/resnet18_shapes.pth}; PRETRAIN_ARGS=${PRETRAIN_ARGS:-}
-  TRAIN_ARGS=${TRAIN_ARGS:-"--bs 1 --nw 1 --epochs 3 --max_iters 1000 --lr 0.02 --lr_decay_step 2 --checkpoint_interval 0"}
+  TRAIN_ARGS=${TRAIN_ARGS:-"--bs 1 --nw 1 --epochs 3 --max_iters 1300 --lr 0.02 --lr_decay_step 2 --checkpoint_interval 0"}
   # bf16 autocast for pretraining, training and test where the CPU computes bf16 natively (AVX512-BF16 or AMX):
   # a third off every step there; elsewhere float32. AMP= (empty) keeps float32 everywhere.
   if [ "${AMP-auto}" = auto ]; then
