@@ -36,7 +36,7 @@ class GraphedStep:
 
     Args:
         fn: the step; takes CUDA tensors shaped like ``example_inputs`` and returns a tensor or a tuple/list of
-            tensors.
+            tensors. Kept as ``self.fn`` as long as the graph: the graph uses the memory of what fn holds.
         example_inputs: CUDA tensors; copies of them become the static inputs the graph reads.
         warmup: eager calls before the capture, on a side stream (cudnn picks its algorithms, the optimizer
             makes its state, the allocator warms up); they are real steps (a training step updates the model).
@@ -54,6 +54,11 @@ class GraphedStep:
             for _ in range(warmup):
                 fn(*self.static_inputs)
         torch.cuda.current_stream().wait_stream(side)
+        # The graph reads and writes memory by address, also memory that fn's objects own outside the graph's
+        # pool: the optimizer's momentum buffers, made in the warm-up above. Kept here, they live as long as the
+        # graph; dropped, they go back to the allocator, and after torch.cuda.empty_cache() a replay writes to
+        # freed memory (on the H100: an illegal memory access, or a segfault in replay()).
+        self.fn = fn
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
             self.static_outputs = fn(*self.static_inputs)

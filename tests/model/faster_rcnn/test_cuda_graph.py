@@ -1,8 +1,13 @@
 """lib/model/utils/cuda_graph.py: the step functions (eagerly, on any device) and their CUDA-graph replay (on a
 GPU: these tests are skipped without one, and tools/gpu_checks.sh runs them on the lent machines)."""
+import contextlib
+import gc
+import weakref
+
 import numpy as np
 import pytest
 import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
 
 pytest.importorskip('lib.model.roi_layers', reason='compiled ops not built', exc_type=ImportError)
 
@@ -62,6 +67,62 @@ def test_graphed_step_refuses_inputs_off_the_gpu():
         GraphedStep(lambda x: x * 2, (torch.ones(3),))
 
 
+class Accumulate:
+    """A step with state of its own, made in its first call (as an optimizer makes its momentum buffers in the
+    warm-up): acc += x, returns acc * 1."""
+
+    def __init__(self):
+        self.acc = None
+
+    def __call__(self, x):
+        if self.acc is None:
+            self.acc = torch.zeros_like(x)
+        self.acc.add_(x)
+        return self.acc * 1
+
+
+def test_graphed_step_keeps_its_step_and_its_state_alive(monkeypatch):
+    """The graph writes to the step's own memory by address, so the step must live as long as the graph. On the
+    2026-11-27 H100 every training graph of tools/bench.py crashed (an illegal memory access, or a segfault in
+    replay()): its optimizer was held only by the step, and the benchmark's empty_cache() before timing handed
+    the freed momentum buffers back to the driver. Here without a GPU: fake CUDA tensors, the capture a no-op."""
+    class Stream:
+        def wait_stream(self, other):
+            pass
+
+    monkeypatch.setattr(torch.cuda, 'Stream', Stream)
+    monkeypatch.setattr(torch.cuda, 'current_stream', Stream)
+    monkeypatch.setattr(torch.cuda, 'stream', lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, 'CUDAGraph', object)
+    monkeypatch.setattr(torch.cuda, 'graph', lambda g: contextlib.nullcontext())
+    with FakeTensorMode():
+        step = Accumulate()
+        graphed = GraphedStep(step, (torch.ones(4, device='cuda'),), warmup=2)
+    alive = weakref.ref(step)
+    state = weakref.ref(step.acc)
+    del step
+    gc.collect()
+    assert alive() is not None and state() is not None
+    del graphed
+    gc.collect()
+    assert alive() is None  # held by the graphed step, not leaked
+
+
+@pytest.mark.cuda
+@no_cuda
+def test_graphed_step_state_survives_empty_cache():
+    """The crash above on a GPU: the step's state made in the warm-up, the cache emptied after the capture (as
+    tools/bench.py does before timing), then replays that must go on from that state."""
+    x = torch.ones(1000, device='cuda')
+    graphed = GraphedStep(Accumulate(), (x,), warmup=1)  # the warm-up leaves acc = 1; the capture runs nothing
+    gc.collect()
+    torch.cuda.empty_cache()
+    others = [torch.full((1000,), 7.0, device='cuda') for _ in range(8)]  # allocations after the capture
+    sums = [graphed(x)[0].item() for _ in range(3)]
+    assert sums == [2.0, 3.0, 4.0]
+    assert all(bool((o == 7).all()) for o in others)
+
+
 @pytest.mark.cuda
 @no_cuda
 @pytest.mark.parametrize('amp', [None, torch.bfloat16])
@@ -87,7 +148,9 @@ def test_graphed_detect_step_replays_the_eager_detections(amp):
 def test_graphed_train_step_trains():
     model = build('cuda')
     batch = [t.cuda() for t in make_batch()]
-    graphed = GraphedStep(train_step(model, sgd(model)), batch)
+    graphed = GraphedStep(train_step(model, sgd(model)), batch)  # the optimizer is held by the step alone
+    gc.collect()
+    torch.cuda.empty_cache()  # as tools/bench.py before timing: freed memory goes back to the driver
     trained = [p for p in model.parameters() if p.requires_grad]
     before = [p.detach().clone() for p in trained]
     history = []
