@@ -46,7 +46,7 @@ PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
 export PYTHONFAULTHANDLER=1  # a crash in a native library prints the Python stack it happened under
 status=0
-TEST_RESERVE=100  # seconds kept for the test_net runs after training
+TEST_SECONDS=45   # seconds kept for each test_net run after training (with its analysis: 20 s on the H100)
 TRAIN_MARGIN=30   # of the train stage's time, what is not --time_budget: Python's start, the last save
 KILL_AFTER=45     # seconds between a stage's SIGTERM and SIGKILL (the trainer finishes its iteration and saves)
 
@@ -197,7 +197,12 @@ for s in $STAGES; do
     train)
       wait_background
       main_job_weights || continue
-      budget=$(( $(left) - TEST_RESERVE - TRAIN_MARGIN ))  # what the deadline leaves, at most TRAIN_SECONDS
+      # BatchNorm trained from scratch on small batches can depend on per-image statistics (docs/TRAINING.md:
+      # a --bs 2 CPU model scored 0.155 on them and 0.077 on its running averages), so both are measured
+      bn_modes="running"  # frozen BatchNorm (pretrained backbone) has only its running averages
+      [ "$WEIGHTS" != none ] || bn_modes="running batch"
+      tests=$(wc -w <<< "$bn_modes")
+      budget=$(( $(left) - tests * TEST_SECONDS - TRAIN_MARGIN ))  # what the deadline leaves, at most TRAIN_SECONDS
       [ "$budget" -le "$TRAIN_SECONDS" ] || budget=$TRAIN_SECONDS
       if [ "$budget" -lt 20 ]; then
         echo "== train: skipped, $budget s of training left" | tee -a "$LOGS/summary.txt"
@@ -214,10 +219,6 @@ for s in $STAGES; do
       ckpt=$(ls -t "$LOGS/models/$NET/shapes"/faster_rcnn_1_*.pth 2>/dev/null | head -n 1)
       [ -n "$ckpt" ] || { echo "== train: no checkpoint" | tee -a "$LOGS/summary.txt"; status=1; continue; }
       IFS=_ read -r _ _ sess ep step <<< "$(basename "$ckpt" .pth)"
-      # BatchNorm trained from scratch on small batches can depend on per-image statistics (docs/TRAINING.md:
-      # a --bs 2 CPU model scored 0.155 on them and 0.077 on its running averages), so both are measured
-      bn_modes="running"  # frozen BatchNorm (pretrained backbone) has only its running averages
-      [ "$WEIGHTS" != none ] || bn_modes="running batch"
       for bn in $bn_modes; do
         stage "test_bn_$bn" 90 "$PY" test_net.py --dataset shapes --net "$NET" --cfg cfgs/shapes_gpu.yml --cuda \
           --load_dir "$LOGS/models" --checksession "$sess" --checkepoch "$ep" --checkpoint "$step" --bn_stats "$bn"
