@@ -71,6 +71,57 @@ __device__ inline PooledCell pooled_cell(index_t index, int64_t channels, int64_
   return cell;
 }
 
+// The pooling kernels' forward (and RoIAlign's backward) give each thread one bin (ph, pw) of one roi for
+// kChannelsPerThread consecutive channels: the bin's geometry (the roi's corners and batch index, the bin's cells,
+// RoIAlign's sample points and their bilinear weights) is the same in every channel, so it is computed once and
+// applied to each of them, where a thread per output cell (torchvision's kernels) computes it again for every
+// channel. The threads of a warp still take consecutive bins of one roi, so their reads of a plane and their
+// writes of the output stay as close together as before.
+constexpr int kChannelsPerThread = 4;
+
+__host__ __device__ inline int64_t channel_groups(int64_t channels) {
+  return (channels + kChannelsPerThread - 1) / kChannelsPerThread;
+}
+
+// Where item `item` of a grid over [K, channel_groups(C), PH, PW] lies: roi n, channels c0 .. c0 + count - 1,
+// bin (ph, pw); `out` is the index of its first cell in the pooled [K, C, PH, PW] tensor, and the cell of
+// channel c0 + k is out + k * PH * PW. index_t must hold the pooled tensor's size (launch_with_index_type).
+// A group of channels with fewer than kChannelsPerThread (the last, when C is not a multiple of it) repeats its
+// last channel in the other places: the kernels' loops over a group then need no per-channel test (a branch per
+// channel in the inner loops, which nvcc does not remove); what they compute there is not written.
+template <typename index_t>
+struct ChannelGroup {
+  int64_t n, c0;
+  int ph, pw, count;
+  index_t out;
+};
+
+template <typename index_t>
+__device__ inline ChannelGroup<index_t> channel_group(index_t item, int64_t channels, int64_t groups,
+                                                      int64_t pooled_height, int64_t pooled_width) {
+  ChannelGroup<index_t> g;
+  g.pw = static_cast<int>(item % static_cast<index_t>(pooled_width));
+  g.ph = static_cast<int>((item / static_cast<index_t>(pooled_width)) % static_cast<index_t>(pooled_height));
+  const index_t rest = item / static_cast<index_t>(pooled_width * pooled_height);
+  const index_t group = rest % static_cast<index_t>(groups);
+  g.n = rest / static_cast<index_t>(groups);
+  g.c0 = group * kChannelsPerThread;
+  g.count = static_cast<int>(min(static_cast<int64_t>(kChannelsPerThread), channels - g.c0));
+  g.out = ((static_cast<index_t>(g.n) * static_cast<index_t>(channels) + static_cast<index_t>(g.c0)) *
+               static_cast<index_t>(pooled_height) + static_cast<index_t>(g.ph)) *
+              static_cast<index_t>(pooled_width) + static_cast<index_t>(g.pw);
+  return g;
+}
+
+// The planes of a group's channels, from the plane of channel c0 (see ChannelGroup for the places past count).
+template <typename T, typename index_t>
+__device__ inline void group_planes(T* first, int64_t plane_size, const ChannelGroup<index_t>& g,
+                                    T* (&planes)[kChannelsPerThread]) {
+  for (int k = 0; k < kChannelsPerThread; ++k) {
+    planes[k] = first + min(k, g.count - 1) * plane_size;
+  }
+}
+
 // The kernels index within one feature plane in 32 bits (a 64-bit multiply is several instructions on the GPU,
 // and the pooling kernels do one per sample); the plane's own offset stays 64-bit.
 inline void check_plane_size(int64_t height, int64_t width, const char* op) {

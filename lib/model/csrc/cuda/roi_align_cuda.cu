@@ -1,7 +1,8 @@
 // Bilinear RoIAlign (aligned=False) on the GPU, forward and backward, with the geometry of
-// cpu/roi_align_cpu.cpp. One thread per output cell, 32-bit indices within a feature plane (the sample loop's
-// index math is the kernels' hot path); half/bfloat16 are computed in float and the backward
-// scatters into a float (double for double) buffer with atomics, cast to the input's dtype at the end.
+// cpu/roi_align_cpu.cpp. One thread per bin of kChannelsPerThread channels (cuda_helpers.cuh), 32-bit indices
+// within a feature plane (the sample loop's index math is the kernels' hot path); half/bfloat16 are computed in
+// float and the backward scatters into a float (double for double) buffer with atomics, cast to the input's dtype
+// at the end.
 // A roi whose batch index is out of range yields zeros (checking it on the host would need a sync).
 #include <ATen/Context.h>
 #include <torch/library.h>
@@ -98,50 +99,76 @@ __device__ inline void for_each_sample(const RoiBin<scalar_t, acc_t>& r, int ph,
   }
 }
 
+// One thread per bin and kChannelsPerThread channels (channel_group): the sample points and their weights are
+// computed once per bin and read in each channel's plane.
 template <typename scalar_t, typename acc_t, typename index_t>
-__global__ void roi_align_forward_kernel(index_t total, const scalar_t* __restrict__ input,
+__global__ void roi_align_forward_kernel(index_t items, const scalar_t* __restrict__ input,
                                          const scalar_t* __restrict__ rois, double spatial_scale,
                                          int64_t batch_size, int64_t channels, int height, int width,
                                          int64_t pooled_height, int64_t pooled_width, int64_t sampling_ratio,
                                          bool float_geom, scalar_t* __restrict__ output) {
-  for (index_t index = grid_start<index_t>(); index < total; index += grid_stride<index_t>()) {
-    const auto [n, c, ph, pw] = pooled_cell(index, channels, pooled_height, pooled_width);
-    const auto r = roi_bin<scalar_t, acc_t>(rois + n * 5, spatial_scale, batch_size, pooled_height, pooled_width,
-                                            sampling_ratio, float_geom);
-    acc_t acc = 0;
+  const int64_t groups = channel_groups(channels);
+  const int64_t plane_size = static_cast<int64_t>(height) * width;
+  const index_t cell_stride = static_cast<index_t>(pooled_height * pooled_width);
+  for (index_t item = grid_start<index_t>(); item < items; item += grid_stride<index_t>()) {
+    const auto g = channel_group(item, channels, groups, pooled_height, pooled_width);
+    const auto r = roi_bin<scalar_t, acc_t>(rois + g.n * 5, spatial_scale, batch_size, pooled_height,
+                                            pooled_width, sampling_ratio, float_geom);
+    acc_t acc[kChannelsPerThread] = {};
     if (r.batch >= 0) {
-      const scalar_t* plane = input + (r.batch * channels + c) * height * width;
-      for_each_sample(r, ph, pw, height, width, [&](const Bilinear& p, acc_t w1, acc_t w2, acc_t w3, acc_t w4) {
-        acc += w1 * static_cast<acc_t>(plane[p.y_low * width + p.x_low]) +
-               w2 * static_cast<acc_t>(plane[p.y_low * width + p.x_high]) +
-               w3 * static_cast<acc_t>(plane[p.y_high * width + p.x_low]) +
-               w4 * static_cast<acc_t>(plane[p.y_high * width + p.x_high]);
+      const scalar_t* planes[kChannelsPerThread];
+      group_planes(input + (r.batch * channels + g.c0) * plane_size, plane_size, g, planes);
+      for_each_sample(r, g.ph, g.pw, height, width, [&](const Bilinear& p, acc_t w1, acc_t w2, acc_t w3, acc_t w4) {
+        const int i1 = p.y_low * width + p.x_low, i2 = p.y_low * width + p.x_high;
+        const int i3 = p.y_high * width + p.x_low, i4 = p.y_high * width + p.x_high;
+        for (int k = 0; k < kChannelsPerThread; ++k) {
+          const scalar_t* q = planes[k];
+          acc[k] += w1 * static_cast<acc_t>(q[i1]) + w2 * static_cast<acc_t>(q[i2]) +
+                    w3 * static_cast<acc_t>(q[i3]) + w4 * static_cast<acc_t>(q[i4]);
+        }
       });
     }
-    output[index] = static_cast<scalar_t>(acc / r.count);
+    for (int k = 0; k < kChannelsPerThread; ++k) {
+      if (k < g.count) {
+        output[g.out + k * cell_stride] = static_cast<scalar_t>(acc[k] / r.count);
+      }
+    }
   }
 }
 
+// The same grid as the forward: each sample's neighbours and weights once, scattered into each channel's plane.
 template <typename scalar_t, typename acc_t, typename index_t>
-__global__ void roi_align_backward_kernel(index_t total, const scalar_t* __restrict__ grad,
+__global__ void roi_align_backward_kernel(index_t items, const scalar_t* __restrict__ grad,
                                           const scalar_t* __restrict__ rois, double spatial_scale,
                                           int64_t batch_size, int64_t channels, int height, int width,
                                           int64_t pooled_height, int64_t pooled_width, int64_t sampling_ratio,
                                           bool float_geom, acc_t* __restrict__ grad_input) {
-  for (index_t index = grid_start<index_t>(); index < total; index += grid_stride<index_t>()) {
-    const auto [n, c, ph, pw] = pooled_cell(index, channels, pooled_height, pooled_width);
-    const auto r = roi_bin<scalar_t, acc_t>(rois + n * 5, spatial_scale, batch_size, pooled_height, pooled_width,
-                                            sampling_ratio, float_geom);
+  const int64_t groups = channel_groups(channels);
+  const int64_t plane_size = static_cast<int64_t>(height) * width;
+  const index_t cell_stride = static_cast<index_t>(pooled_height * pooled_width);
+  for (index_t item = grid_start<index_t>(); item < items; item += grid_stride<index_t>()) {
+    const auto g = channel_group(item, channels, groups, pooled_height, pooled_width);
+    const auto r = roi_bin<scalar_t, acc_t>(rois + g.n * 5, spatial_scale, batch_size, pooled_height,
+                                            pooled_width, sampling_ratio, float_geom);
     if (r.batch < 0) {
       continue;
     }
-    acc_t* plane = grad_input + (r.batch * channels + c) * height * width;
-    const acc_t g = static_cast<acc_t>(grad[index]) / r.count;
-    for_each_sample(r, ph, pw, height, width, [&](const Bilinear& p, acc_t w1, acc_t w2, acc_t w3, acc_t w4) {
-      atomicAdd(plane + p.y_low * width + p.x_low, g * w1);
-      atomicAdd(plane + p.y_low * width + p.x_high, g * w2);
-      atomicAdd(plane + p.y_high * width + p.x_low, g * w3);
-      atomicAdd(plane + p.y_high * width + p.x_high, g * w4);
+    acc_t* planes[kChannelsPerThread];
+    group_planes(grad_input + (r.batch * channels + g.c0) * plane_size, plane_size, g, planes);
+    acc_t gk[kChannelsPerThread];
+    for (int k = 0; k < kChannelsPerThread; ++k) {  // a repeated channel adds zeros
+      gk[k] = k < g.count ? static_cast<acc_t>(grad[g.out + k * cell_stride]) / r.count : acc_t(0);
+    }
+    for_each_sample(r, g.ph, g.pw, height, width, [&](const Bilinear& p, acc_t w1, acc_t w2, acc_t w3, acc_t w4) {
+      const int i1 = p.y_low * width + p.x_low, i2 = p.y_low * width + p.x_high;
+      const int i3 = p.y_high * width + p.x_low, i4 = p.y_high * width + p.x_high;
+      for (int k = 0; k < kChannelsPerThread; ++k) {
+        acc_t* q = planes[k];
+        atomicAdd(q + i1, gk[k] * w1);
+        atomicAdd(q + i2, gk[k] * w2);
+        atomicAdd(q + i3, gk[k] * w3);
+        atomicAdd(q + i4, gk[k] * w4);
+      }
     });
   }
 }
@@ -168,13 +195,14 @@ at::Tensor roi_align_forward_cuda(const at::Tensor& input_, const at::Tensor& ro
   const at::Tensor input = input_.contiguous();
   const at::Tensor rois = rois_.contiguous();
   const int64_t total = output.numel();
+  const int64_t items = num_rois * channel_groups(channels) * pooled_height * pooled_width;
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "roi_align_forward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     launch_with_index_type(total, [&](auto index_zero) {
       using index_t = decltype(index_zero);
-      roi_align_forward_kernel<scalar_t, acc_t, index_t><<<blocks_for(total), kThreadsPerBlock, 0, stream>>>(
-          static_cast<index_t>(total), input.data_ptr<scalar_t>(), rois.data_ptr<scalar_t>(), spatial_scale,
+      roi_align_forward_kernel<scalar_t, acc_t, index_t><<<blocks_for(items), kThreadsPerBlock, 0, stream>>>(
+          static_cast<index_t>(items), input.data_ptr<scalar_t>(), rois.data_ptr<scalar_t>(), spatial_scale,
           input.size(0), channels, static_cast<int>(input.size(2)), static_cast<int>(input.size(3)), pooled_height,
           pooled_width, sampling_ratio, float_geometry(spatial_scale, input.size(0), input.scalar_type()),
           output.data_ptr<scalar_t>());
@@ -202,13 +230,14 @@ at::Tensor roi_align_backward_cuda(const at::Tensor& grad_, const at::Tensor& ro
   const at::Tensor grad = grad_.contiguous();
   const at::Tensor rois = rois_.contiguous();
   const int64_t total = grad.numel();
+  const int64_t items = grad.size(0) * channel_groups(channels) * pooled_height * pooled_width;
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "roi_align_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     launch_with_index_type(total, [&](auto index_zero) {
       using index_t = decltype(index_zero);
-      roi_align_backward_kernel<scalar_t, acc_t, index_t><<<blocks_for(total), kThreadsPerBlock, 0, stream>>>(
-          static_cast<index_t>(total), grad.data_ptr<scalar_t>(), rois.data_ptr<scalar_t>(), spatial_scale,
+      roi_align_backward_kernel<scalar_t, acc_t, index_t><<<blocks_for(items), kThreadsPerBlock, 0, stream>>>(
+          static_cast<index_t>(items), grad.data_ptr<scalar_t>(), rois.data_ptr<scalar_t>(), spatial_scale,
           batch_size, channels, static_cast<int>(height), static_cast<int>(width), pooled_height, pooled_width,
           sampling_ratio, float_geometry(spatial_scale, batch_size, grad.scalar_type()), grad_acc.data_ptr<acc_t>());
     });

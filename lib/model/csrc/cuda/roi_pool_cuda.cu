@@ -1,7 +1,7 @@
 // Caffe max RoI pooling on the GPU, forward and backward, with the same geometry as cpu/roi_pool_cpu.cpp
 // (corners scaled in double and rounded half away from zero, so CPU and GPU pick the same cells).
-// One thread per output cell, 32-bit geometry within a feature plane; half/bfloat16 are compared in float and
-// the backward accumulates in float.
+// The forward runs one thread per bin of kChannelsPerThread channels, the backward one per output cell; 32-bit
+// geometry within a feature plane; half/bfloat16 are compared in float and the backward accumulates in float.
 // A roi whose batch index is out of range yields zeros (checking it on the host would need a sync).
 #include <ATen/Context.h>
 #include <torch/library.h>
@@ -30,15 +30,20 @@ __device__ inline int roi_corner(scalar_t v, double spatial_scale, bool float_ge
   return static_cast<int>(fmin(fmax(cell, -268435456.0), 268435456.0));
 }
 
+// One thread per bin and kChannelsPerThread channels (channel_group): the bin's cells are found once and
+// scanned in each channel's plane.
 template <typename scalar_t, typename acc_t, typename index_t>
-__global__ void roi_pool_forward_kernel(index_t total, const scalar_t* __restrict__ input,
+__global__ void roi_pool_forward_kernel(index_t items, const scalar_t* __restrict__ input,
                                         const scalar_t* __restrict__ rois, double spatial_scale,
                                         int64_t batch_size, int64_t channels, int height, int width,
                                         int64_t pooled_height, int64_t pooled_width, bool float_geom,
                                         scalar_t* __restrict__ output, int32_t* __restrict__ argmax) {
-  for (index_t index = grid_start<index_t>(); index < total; index += grid_stride<index_t>()) {
-    const auto [n, c, ph, pw] = pooled_cell(index, channels, pooled_height, pooled_width);
-    const scalar_t* roi = rois + n * 5;
+  const int64_t groups = channel_groups(channels);
+  const int64_t plane_size = static_cast<int64_t>(height) * width;
+  const index_t cell_stride = static_cast<index_t>(pooled_height * pooled_width);
+  for (index_t item = grid_start<index_t>(); item < items; item += grid_stride<index_t>()) {
+    const auto g = channel_group(item, channels, groups, pooled_height, pooled_width);
+    const scalar_t* roi = rois + g.n * 5;
     const int64_t b = roi_batch_index(roi, batch_size, float_geom);
     const int roi_start_w = roi_corner(roi[1], spatial_scale, float_geom);
     const int roi_start_h = roi_corner(roi[2], spatial_scale, float_geom);
@@ -48,31 +53,43 @@ __global__ void roi_pool_forward_kernel(index_t total, const scalar_t* __restric
     const int roi_height = max(roi_end_h - roi_start_h + 1, 1);
     const acc_t bin_h = static_cast<acc_t>(roi_height) / static_cast<acc_t>(pooled_height);
     const acc_t bin_w = static_cast<acc_t>(roi_width) / static_cast<acc_t>(pooled_width);
-    int hstart = static_cast<int>(dev_floor(static_cast<acc_t>(ph) * bin_h));
-    int wstart = static_cast<int>(dev_floor(static_cast<acc_t>(pw) * bin_w));
-    int hend = static_cast<int>(dev_ceil(static_cast<acc_t>(ph + 1) * bin_h));
-    int wend = static_cast<int>(dev_ceil(static_cast<acc_t>(pw + 1) * bin_w));
+    int hstart = static_cast<int>(dev_floor(static_cast<acc_t>(g.ph) * bin_h));
+    int wstart = static_cast<int>(dev_floor(static_cast<acc_t>(g.pw) * bin_w));
+    int hend = static_cast<int>(dev_ceil(static_cast<acc_t>(g.ph + 1) * bin_h));
+    int wend = static_cast<int>(dev_ceil(static_cast<acc_t>(g.pw + 1) * bin_w));
     hstart = min(max(hstart + roi_start_h, 0), height);
     hend = min(max(hend + roi_start_h, 0), height);
     wstart = min(max(wstart + roi_start_w, 0), width);
     wend = min(max(wend + roi_start_w, 0), width);
-    acc_t best = 0;
-    int best_index = -1;
-    if (b >= 0 && hend > hstart && wend > wstart) {
-      best = std::numeric_limits<acc_t>::lowest();
-      const scalar_t* plane = input + (b * channels + c) * height * width;
+    acc_t best[kChannelsPerThread];
+    int best_index[kChannelsPerThread];
+    const bool empty = b < 0 || hend <= hstart || wend <= wstart;
+    for (int k = 0; k < kChannelsPerThread; ++k) {
+      best[k] = empty ? acc_t(0) : std::numeric_limits<acc_t>::lowest();
+      best_index[k] = -1;
+    }
+    if (!empty) {
+      const scalar_t* planes[kChannelsPerThread];
+      group_planes(input + (b * channels + g.c0) * plane_size, plane_size, g, planes);
       for (int h = hstart; h < hend; ++h) {
         for (int w = wstart; w < wend; ++w) {
-          const acc_t v = static_cast<acc_t>(plane[h * width + w]);
-          if (v > best) {
-            best = v;
-            best_index = h * width + w;
+          const int i = h * width + w;
+          for (int k = 0; k < kChannelsPerThread; ++k) {
+            const acc_t v = static_cast<acc_t>(planes[k][i]);
+            if (v > best[k]) {
+              best[k] = v;
+              best_index[k] = i;
+            }
           }
         }
       }
     }
-    output[index] = static_cast<scalar_t>(best);
-    argmax[index] = best_index;
+    for (int k = 0; k < kChannelsPerThread; ++k) {
+      if (k < g.count) {
+        output[g.out + k * cell_stride] = static_cast<scalar_t>(best[k]);
+        argmax[g.out + k * cell_stride] = best_index[k];
+      }
+    }
   }
 }
 
@@ -116,13 +133,14 @@ std::tuple<at::Tensor, at::Tensor> roi_pool_forward_cuda(const at::Tensor& input
   const at::Tensor input = input_.contiguous();
   const at::Tensor rois = rois_.contiguous();
   const int64_t total = output.numel();
+  const int64_t items = num_rois * channel_groups(channels) * pooled_height * pooled_width;
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "roi_pool_forward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     launch_with_index_type(total, [&](auto index_zero) {
       using index_t = decltype(index_zero);
-      roi_pool_forward_kernel<scalar_t, acc_t, index_t><<<blocks_for(total), kThreadsPerBlock, 0, stream>>>(
-          static_cast<index_t>(total), input.data_ptr<scalar_t>(), rois.data_ptr<scalar_t>(), spatial_scale,
+      roi_pool_forward_kernel<scalar_t, acc_t, index_t><<<blocks_for(items), kThreadsPerBlock, 0, stream>>>(
+          static_cast<index_t>(items), input.data_ptr<scalar_t>(), rois.data_ptr<scalar_t>(), spatial_scale,
           input.size(0), channels, static_cast<int>(input.size(2)), static_cast<int>(input.size(3)),
           pooled_height, pooled_width, float_geometry(spatial_scale, input.size(0), input.scalar_type()),
           output.data_ptr<scalar_t>(), argmax.data_ptr<int32_t>());
