@@ -83,12 +83,11 @@ __host__ __device__ inline int64_t channel_groups(int64_t channels) {
   return (channels + kChannelsPerThread - 1) / kChannelsPerThread;
 }
 
-// Where item `item` of a grid over [K, channel_groups(C), PH, PW] lies: roi n, channels c0 .. c0 + count - 1,
-// bin (ph, pw); `out` is the index of its first cell in the pooled [K, C, PH, PW] tensor, and the cell of
-// channel c0 + k is out + k * PH * PW. index_t must hold the pooled tensor's size (launch_with_index_type).
-// A group of channels with fewer than kChannelsPerThread (the last, when C is not a multiple of it) repeats its
-// last channel in the other places: the kernels' loops over a group then need no per-channel test (a branch per
-// channel in the inner loops, which nvcc does not remove); what they compute there is not written.
+// Roi n's bin (ph, pw) in channels c0 .. c0 + count - 1; `out` is the index of its first cell in the pooled
+// [K, C, PH, PW] tensor. A group of fewer than kChannelsPerThread channels (the last, when C is not a multiple
+// of it) repeats its last channel in the other places (ChannelGrid::planes): the kernels' loops over a group
+// then test nothing per channel (a branch per channel in the inner loops, which nvcc does not remove), and what
+// they compute there is not written.
 template <typename index_t>
 struct ChannelGroup {
   int64_t n, c0;
@@ -96,31 +95,46 @@ struct ChannelGroup {
   index_t out;
 };
 
+// The grid of those kernels: item i of [K, channel_groups(C), PH, PW] is a ChannelGroup. index_t must hold the
+// pooled tensor's size (launch_with_index_type).
 template <typename index_t>
-__device__ inline ChannelGroup<index_t> channel_group(index_t item, int64_t channels, int64_t groups,
-                                                      int64_t pooled_height, int64_t pooled_width) {
-  ChannelGroup<index_t> g;
-  g.pw = static_cast<int>(item % static_cast<index_t>(pooled_width));
-  g.ph = static_cast<int>((item / static_cast<index_t>(pooled_width)) % static_cast<index_t>(pooled_height));
-  const index_t rest = item / static_cast<index_t>(pooled_width * pooled_height);
-  const index_t group = rest % static_cast<index_t>(groups);
-  g.n = rest / static_cast<index_t>(groups);
-  g.c0 = group * kChannelsPerThread;
-  g.count = static_cast<int>(min(static_cast<int64_t>(kChannelsPerThread), channels - g.c0));
-  g.out = ((static_cast<index_t>(g.n) * static_cast<index_t>(channels) + static_cast<index_t>(g.c0)) *
-               static_cast<index_t>(pooled_height) + static_cast<index_t>(g.ph)) *
-              static_cast<index_t>(pooled_width) + static_cast<index_t>(g.pw);
-  return g;
-}
+struct ChannelGrid {
+  int64_t channels, groups, plane_size, pooled_height, pooled_width;
 
-// The planes of a group's channels, from the plane of channel c0 (see ChannelGroup for the places past count).
-template <typename T, typename index_t>
-__device__ inline void group_planes(T* first, int64_t plane_size, const ChannelGroup<index_t>& g,
-                                    T* (&planes)[kChannelsPerThread]) {
-  for (int k = 0; k < kChannelsPerThread; ++k) {
-    planes[k] = first + min(k, g.count - 1) * plane_size;
+  __device__ ChannelGrid(int64_t channels_, int height, int width, int64_t pooled_height_, int64_t pooled_width_)
+      : channels(channels_), groups(channel_groups(channels_)), plane_size(static_cast<int64_t>(height) * width),
+        pooled_height(pooled_height_), pooled_width(pooled_width_) {}
+
+  __device__ ChannelGroup<index_t> at(index_t item) const {
+    ChannelGroup<index_t> g;
+    g.pw = static_cast<int>(item % static_cast<index_t>(pooled_width));
+    g.ph = static_cast<int>((item / static_cast<index_t>(pooled_width)) % static_cast<index_t>(pooled_height));
+    const index_t rest = item / static_cast<index_t>(pooled_width * pooled_height);
+    const index_t group = rest % static_cast<index_t>(groups);
+    g.n = rest / static_cast<index_t>(groups);
+    g.c0 = group * kChannelsPerThread;
+    g.count = static_cast<int>(min(static_cast<int64_t>(kChannelsPerThread), channels - g.c0));
+    g.out = ((static_cast<index_t>(g.n) * static_cast<index_t>(channels) + static_cast<index_t>(g.c0)) *
+                 static_cast<index_t>(pooled_height) + static_cast<index_t>(g.ph)) *
+                static_cast<index_t>(pooled_width) + static_cast<index_t>(g.pw);
+    return g;
   }
-}
+
+  // The index in the pooled tensor of channel c0 + k's cell.
+  __device__ index_t cell(const ChannelGroup<index_t>& g, int k) const {
+    return g.out + static_cast<index_t>(k) * static_cast<index_t>(pooled_height * pooled_width);
+  }
+
+  // The planes of the group's channels in image `batch` of a [B, C, H, W] map (repeating the last past count).
+  template <typename T>
+  __device__ void planes(T* map, int64_t batch, const ChannelGroup<index_t>& g,
+                         T* (&out)[kChannelsPerThread]) const {
+    T* first = map + (batch * channels + g.c0) * plane_size;
+    for (int k = 0; k < kChannelsPerThread; ++k) {
+      out[k] = first + min(k, g.count - 1) * plane_size;
+    }
+  }
+};
 
 // The kernels index within one feature plane in 32 bits (a 64-bit multiply is several instructions on the GPU,
 // and the pooling kernels do one per sample); the plane's own offset stays 64-bit.

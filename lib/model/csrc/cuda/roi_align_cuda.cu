@@ -16,39 +16,45 @@ namespace faster_rcnn {
 
 namespace {
 
-struct Bilinear {
-  int y_low, x_low, y_high, x_high;
+// A sample point's four neighbours in the feature plane (in-plane indices: top-left, top-right, bottom-left,
+// bottom-right) and their bilinear weights.
+template <typename acc_t>
+struct Sample {
+  int index[4];
+  acc_t weight[4];
 };
 
-// Weights of the 4 neighbours of (y, x); false when the sample is outside the map's 1-cell margin.
+// The neighbours and weights of (y, x); false when the sample is outside the map's 1-cell margin.
 template <typename acc_t>
-__device__ inline bool bilinear_weights(int height, int width, acc_t y, acc_t x, Bilinear& p, acc_t& w1,
-                                        acc_t& w2, acc_t& w3, acc_t& w4) {
+__device__ inline bool bilinear_sample(int height, int width, acc_t y, acc_t x, Sample<acc_t>& s) {
   if (y < acc_t(-1) || y > static_cast<acc_t>(height) || x < acc_t(-1) || x > static_cast<acc_t>(width)) {
     return false;
   }
   y = max(y, acc_t(0));
   x = max(x, acc_t(0));
-  p.y_low = static_cast<int>(y);
-  p.x_low = static_cast<int>(x);
-  if (p.y_low >= height - 1) {
-    p.y_high = p.y_low = height - 1;
-    y = static_cast<acc_t>(p.y_low);
+  int y_low = static_cast<int>(y), x_low = static_cast<int>(x), y_high, x_high;
+  if (y_low >= height - 1) {
+    y_high = y_low = height - 1;
+    y = static_cast<acc_t>(y_low);
   } else {
-    p.y_high = p.y_low + 1;
+    y_high = y_low + 1;
   }
-  if (p.x_low >= width - 1) {
-    p.x_high = p.x_low = width - 1;
-    x = static_cast<acc_t>(p.x_low);
+  if (x_low >= width - 1) {
+    x_high = x_low = width - 1;
+    x = static_cast<acc_t>(x_low);
   } else {
-    p.x_high = p.x_low + 1;
+    x_high = x_low + 1;
   }
-  const acc_t ly = y - static_cast<acc_t>(p.y_low), lx = x - static_cast<acc_t>(p.x_low);
+  const acc_t ly = y - static_cast<acc_t>(y_low), lx = x - static_cast<acc_t>(x_low);
   const acc_t hy = acc_t(1) - ly, hx = acc_t(1) - lx;
-  w1 = hy * hx;
-  w2 = hy * lx;
-  w3 = ly * hx;
-  w4 = ly * lx;
+  s.index[0] = y_low * width + x_low;
+  s.index[1] = y_low * width + x_high;
+  s.index[2] = y_high * width + x_low;
+  s.index[3] = y_high * width + x_high;
+  s.weight[0] = hy * hx;
+  s.weight[1] = hy * lx;
+  s.weight[2] = ly * hx;
+  s.weight[3] = ly * lx;
   return true;
 }
 
@@ -81,8 +87,8 @@ __device__ inline RoiBin<scalar_t, acc_t> roi_bin(const scalar_t* roi, double sp
   return r;
 }
 
-// Calls f(neighbours, w1, w2, w3, w4) for every sample point of bin (ph, pw) of roi r that lies on the map, with
-// the bilinear weights of its four neighbours (the forward reads them, the backward scatters into them).
+// Calls f(sample) for every sample point of bin (ph, pw) of roi r that lies on the map (the forward reads its
+// neighbours, the backward scatters into them).
 template <typename scalar_t, typename acc_t, typename F>
 __device__ inline void for_each_sample(const RoiBin<scalar_t, acc_t>& r, int ph, int pw, int height, int width,
                                        const F& f) {
@@ -90,16 +96,15 @@ __device__ inline void for_each_sample(const RoiBin<scalar_t, acc_t>& r, int ph,
     const acc_t y = r.start_h + ph * r.bin_h + (iy + acc_t(.5)) * r.bin_h / static_cast<acc_t>(r.grid_h);
     for (int64_t ix = 0; ix < r.grid_w; ++ix) {
       const acc_t x = r.start_w + pw * r.bin_w + (ix + acc_t(.5)) * r.bin_w / static_cast<acc_t>(r.grid_w);
-      Bilinear p;
-      acc_t w1, w2, w3, w4;
-      if (bilinear_weights(height, width, y, x, p, w1, w2, w3, w4)) {
-        f(p, w1, w2, w3, w4);
+      Sample<acc_t> s;
+      if (bilinear_sample(height, width, y, x, s)) {
+        f(s);
       }
     }
   }
 }
 
-// One thread per bin and kChannelsPerThread channels (channel_group): the sample points and their weights are
+// One thread per bin and kChannelsPerThread channels (ChannelGrid): the sample points and their weights are
 // computed once per bin and read in each channel's plane.
 template <typename scalar_t, typename acc_t, typename index_t>
 __global__ void roi_align_forward_kernel(index_t items, const scalar_t* __restrict__ input,
@@ -107,30 +112,28 @@ __global__ void roi_align_forward_kernel(index_t items, const scalar_t* __restri
                                          int64_t batch_size, int64_t channels, int height, int width,
                                          int64_t pooled_height, int64_t pooled_width, int64_t sampling_ratio,
                                          bool float_geom, scalar_t* __restrict__ output) {
-  const int64_t groups = channel_groups(channels);
-  const int64_t plane_size = static_cast<int64_t>(height) * width;
-  const index_t cell_stride = static_cast<index_t>(pooled_height * pooled_width);
+  const ChannelGrid<index_t> grid(channels, height, width, pooled_height, pooled_width);
   for (index_t item = grid_start<index_t>(); item < items; item += grid_stride<index_t>()) {
-    const auto g = channel_group(item, channels, groups, pooled_height, pooled_width);
+    const auto g = grid.at(item);
     const auto r = roi_bin<scalar_t, acc_t>(rois + g.n * 5, spatial_scale, batch_size, pooled_height,
                                             pooled_width, sampling_ratio, float_geom);
     acc_t acc[kChannelsPerThread] = {};
     if (r.batch >= 0) {
       const scalar_t* planes[kChannelsPerThread];
-      group_planes(input + (r.batch * channels + g.c0) * plane_size, plane_size, g, planes);
-      for_each_sample(r, g.ph, g.pw, height, width, [&](const Bilinear& p, acc_t w1, acc_t w2, acc_t w3, acc_t w4) {
-        const int i1 = p.y_low * width + p.x_low, i2 = p.y_low * width + p.x_high;
-        const int i3 = p.y_high * width + p.x_low, i4 = p.y_high * width + p.x_high;
+      grid.planes(input, r.batch, g, planes);
+      for_each_sample(r, g.ph, g.pw, height, width, [&](const Sample<acc_t>& s) {
         for (int k = 0; k < kChannelsPerThread; ++k) {
           const scalar_t* q = planes[k];
-          acc[k] += w1 * static_cast<acc_t>(q[i1]) + w2 * static_cast<acc_t>(q[i2]) +
-                    w3 * static_cast<acc_t>(q[i3]) + w4 * static_cast<acc_t>(q[i4]);
+          acc[k] += s.weight[0] * static_cast<acc_t>(q[s.index[0]]) +
+                    s.weight[1] * static_cast<acc_t>(q[s.index[1]]) +
+                    s.weight[2] * static_cast<acc_t>(q[s.index[2]]) +
+                    s.weight[3] * static_cast<acc_t>(q[s.index[3]]);
         }
       });
     }
-    for (int k = 0; k < kChannelsPerThread; ++k) {
+    for (int k = 0; k < kChannelsPerThread; ++k) {  // a constant count: acc stays in registers
       if (k < g.count) {
-        output[g.out + k * cell_stride] = static_cast<scalar_t>(acc[k] / r.count);
+        output[grid.cell(g, k)] = static_cast<scalar_t>(acc[k] / r.count);
       }
     }
   }
@@ -143,31 +146,25 @@ __global__ void roi_align_backward_kernel(index_t items, const scalar_t* __restr
                                           int64_t batch_size, int64_t channels, int height, int width,
                                           int64_t pooled_height, int64_t pooled_width, int64_t sampling_ratio,
                                           bool float_geom, acc_t* __restrict__ grad_input) {
-  const int64_t groups = channel_groups(channels);
-  const int64_t plane_size = static_cast<int64_t>(height) * width;
-  const index_t cell_stride = static_cast<index_t>(pooled_height * pooled_width);
+  const ChannelGrid<index_t> grid(channels, height, width, pooled_height, pooled_width);
   for (index_t item = grid_start<index_t>(); item < items; item += grid_stride<index_t>()) {
-    const auto g = channel_group(item, channels, groups, pooled_height, pooled_width);
+    const auto g = grid.at(item);
     const auto r = roi_bin<scalar_t, acc_t>(rois + g.n * 5, spatial_scale, batch_size, pooled_height,
                                             pooled_width, sampling_ratio, float_geom);
     if (r.batch < 0) {
       continue;
     }
     acc_t* planes[kChannelsPerThread];
-    group_planes(grad_input + (r.batch * channels + g.c0) * plane_size, plane_size, g, planes);
+    grid.planes(grad_input, r.batch, g, planes);
     acc_t gk[kChannelsPerThread];
     for (int k = 0; k < kChannelsPerThread; ++k) {  // a repeated channel adds zeros
-      gk[k] = k < g.count ? static_cast<acc_t>(grad[g.out + k * cell_stride]) / r.count : acc_t(0);
+      gk[k] = k < g.count ? static_cast<acc_t>(grad[grid.cell(g, k)]) / r.count : acc_t(0);
     }
-    for_each_sample(r, g.ph, g.pw, height, width, [&](const Bilinear& p, acc_t w1, acc_t w2, acc_t w3, acc_t w4) {
-      const int i1 = p.y_low * width + p.x_low, i2 = p.y_low * width + p.x_high;
-      const int i3 = p.y_high * width + p.x_low, i4 = p.y_high * width + p.x_high;
+    for_each_sample(r, g.ph, g.pw, height, width, [&](const Sample<acc_t>& s) {
       for (int k = 0; k < kChannelsPerThread; ++k) {
-        acc_t* q = planes[k];
-        atomicAdd(q + i1, gk[k] * w1);
-        atomicAdd(q + i2, gk[k] * w2);
-        atomicAdd(q + i3, gk[k] * w3);
-        atomicAdd(q + i4, gk[k] * w4);
+        for (int j = 0; j < 4; ++j) {
+          atomicAdd(planes[k] + s.index[j], gk[k] * s.weight[j]);
+        }
       }
     });
   }

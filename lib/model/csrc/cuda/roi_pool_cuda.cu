@@ -30,7 +30,7 @@ __device__ inline int roi_corner(scalar_t v, double spatial_scale, bool float_ge
   return static_cast<int>(fmin(fmax(cell, -268435456.0), 268435456.0));
 }
 
-// One thread per bin and kChannelsPerThread channels (channel_group): the bin's cells are found once and
+// One thread per bin and kChannelsPerThread channels (ChannelGrid): the bin's cells are found once and
 // scanned in each channel's plane.
 template <typename scalar_t, typename acc_t, typename index_t>
 __global__ void roi_pool_forward_kernel(index_t items, const scalar_t* __restrict__ input,
@@ -38,11 +38,9 @@ __global__ void roi_pool_forward_kernel(index_t items, const scalar_t* __restric
                                         int64_t batch_size, int64_t channels, int height, int width,
                                         int64_t pooled_height, int64_t pooled_width, bool float_geom,
                                         scalar_t* __restrict__ output, int32_t* __restrict__ argmax) {
-  const int64_t groups = channel_groups(channels);
-  const int64_t plane_size = static_cast<int64_t>(height) * width;
-  const index_t cell_stride = static_cast<index_t>(pooled_height * pooled_width);
+  const ChannelGrid<index_t> grid(channels, height, width, pooled_height, pooled_width);
   for (index_t item = grid_start<index_t>(); item < items; item += grid_stride<index_t>()) {
-    const auto g = channel_group(item, channels, groups, pooled_height, pooled_width);
+    const auto g = grid.at(item);
     const scalar_t* roi = rois + g.n * 5;
     const int64_t b = roi_batch_index(roi, batch_size, float_geom);
     const int roi_start_w = roi_corner(roi[1], spatial_scale, float_geom);
@@ -70,7 +68,7 @@ __global__ void roi_pool_forward_kernel(index_t items, const scalar_t* __restric
     }
     if (!empty) {
       const scalar_t* planes[kChannelsPerThread];
-      group_planes(input + (b * channels + g.c0) * plane_size, plane_size, g, planes);
+      grid.planes(input, b, g, planes);
       for (int h = hstart; h < hend; ++h) {
         for (int w = wstart; w < wend; ++w) {
           const int i = h * width + w;
@@ -84,10 +82,10 @@ __global__ void roi_pool_forward_kernel(index_t items, const scalar_t* __restric
         }
       }
     }
-    for (int k = 0; k < kChannelsPerThread; ++k) {
+    for (int k = 0; k < kChannelsPerThread; ++k) {  // a constant count: best stays in registers
       if (k < g.count) {
-        output[g.out + k * cell_stride] = static_cast<scalar_t>(best[k]);
-        argmax[g.out + k * cell_stride] = best_index[k];
+        output[grid.cell(g, k)] = static_cast<scalar_t>(best[k]);
+        argmax[grid.cell(g, k)] = best_index[k];
       }
     }
   }
