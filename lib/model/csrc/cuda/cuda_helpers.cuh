@@ -106,13 +106,12 @@ struct ChannelGrid {
         pooled_height(pooled_height_), pooled_width(pooled_width_) {}
 
   __device__ ChannelGroup<index_t> at(index_t item) const {
+    const PooledCell cell = pooled_cell(item, groups, pooled_height, pooled_width);  // its c is the group
     ChannelGroup<index_t> g;
-    g.pw = static_cast<int>(item % static_cast<index_t>(pooled_width));
-    g.ph = static_cast<int>((item / static_cast<index_t>(pooled_width)) % static_cast<index_t>(pooled_height));
-    const index_t rest = item / static_cast<index_t>(pooled_width * pooled_height);
-    const index_t group = rest % static_cast<index_t>(groups);
-    g.n = rest / static_cast<index_t>(groups);
-    g.c0 = group * kChannelsPerThread;
+    g.n = cell.n;
+    g.ph = cell.ph;
+    g.pw = cell.pw;
+    g.c0 = cell.c * kChannelsPerThread;
     g.count = static_cast<int>(min(static_cast<int64_t>(kChannelsPerThread), channels - g.c0));
     g.out = ((static_cast<index_t>(g.n) * static_cast<index_t>(channels) + static_cast<index_t>(g.c0)) *
                  static_cast<index_t>(pooled_height) + static_cast<index_t>(g.ph)) *
