@@ -83,6 +83,11 @@ __host__ __device__ inline int64_t channel_groups(int64_t channels) {
   return (channels + kChannelsPerThread - 1) / kChannelsPerThread;
 }
 
+// The launch size of those kernels: one item per bin of every roi and channel group (ChannelGrid below).
+inline int64_t channel_grid_items(int64_t num_rois, int64_t channels, int64_t pooled_height, int64_t pooled_width) {
+  return num_rois * channel_groups(channels) * pooled_height * pooled_width;
+}
+
 // Roi n's bin (ph, pw) in channels c0 .. c0 + count - 1; `out` is the index of its first cell in the pooled
 // [K, C, PH, PW] tensor. A group of fewer than kChannelsPerThread channels (the last, when C is not a multiple
 // of it) repeats its last channel in the other places (ChannelGrid::planes): the kernels' loops over a group

@@ -192,7 +192,7 @@ at::Tensor roi_align_forward_cuda(const at::Tensor& input_, const at::Tensor& ro
   const at::Tensor input = input_.contiguous();
   const at::Tensor rois = rois_.contiguous();
   const int64_t total = output.numel();
-  const int64_t items = num_rois * channel_groups(channels) * pooled_height * pooled_width;
+  const int64_t items = channel_grid_items(num_rois, channels, pooled_height, pooled_width);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "roi_align_forward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -227,7 +227,7 @@ at::Tensor roi_align_backward_cuda(const at::Tensor& grad_, const at::Tensor& ro
   const at::Tensor grad = grad_.contiguous();
   const at::Tensor rois = rois_.contiguous();
   const int64_t total = grad.numel();
-  const int64_t items = grad.size(0) * channel_groups(channels) * pooled_height * pooled_width;
+  const int64_t items = channel_grid_items(grad.size(0), channels, pooled_height, pooled_width);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "roi_align_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
