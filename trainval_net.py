@@ -36,6 +36,9 @@ def build_parser():
     p.add_argument('--lr_decay_step', dest='lr_decay_step', default=5, type=int,
                    help='lr x gamma at the start of every epoch divisible by lr_decay_step + 1')
     p.add_argument('--lr_decay_gamma', dest='lr_decay_gamma', default=0.1, type=float, help='learning rate decay ratio')
+    p.add_argument('--warmup', dest='warmup', default=0, type=int,
+                   help='iterations of a linear lr warm-up from epoch 1 (lr / N at the first, lr at the N-th); '
+                        '0: none, as the original')
     p.add_argument('--s', dest='session', default=1, type=int, help='training session')
     p.add_argument('--r', dest='resume', default=False, type=str2bool, nargs='?', const=True,
                    help='resume from <save_dir>/<net>/<dataset>/faster_rcnn_<checksession>_<checkepoch>_'

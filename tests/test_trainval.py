@@ -305,6 +305,43 @@ def test_resume_mid_epoch_reproduces_the_uninterrupted_run(tiny_shapes, tmp_path
         assert torch.equal(v, last['model'][k]), k
 
 
+def test_warmup_ramps_the_lr_the_optimizer_steps_with_and_a_resume_inside_it_continues_the_ramp(
+        tiny_shapes, tmp_path):
+    common = ('--epochs', '2', '--max_iters', '3', '--checkpoint_interval', '2', '--disp_interval', '1',
+              '--warmup', '4')
+    full = train(tiny_args(tiny_shapes, tmp_path, *common))
+    # iterations 0..3 of the run (epoch 1's three, epoch 2's first) at lr / 4 .. lr, then lr
+    assert [h['lr'] for h in full['history']] == pytest.approx([0.0025, 0.005, 0.0075, 0.01, 0.01, 0.01])
+    # the checkpoint inside the ramp holds the schedule's lr; the ramp follows from the iteration alone
+    mid = load_checkpoint(full['checkpoints'][0])
+    assert (mid['epoch'], mid['step'], mid['lr']) == (1, 1, pytest.approx(0.01))
+    assert {g['lr'] for g in mid['optimizer']['param_groups']} == {0.01}
+    final = load_checkpoint(full['checkpoints'][-1])
+    for p in full['checkpoints'][1:]:
+        os.remove(p)
+    resumed = train(tiny_args(tiny_shapes, tmp_path, *common, '--r', '--checkepoch', '1', '--checkpoint', '1'))
+    assert [h['lr'] for h in resumed['history']] == [h['lr'] for h in full['history']]
+    again = load_checkpoint(resumed['checkpoints'][-1])
+    for k, v in final['model'].items():
+        assert torch.equal(v, again['model'][k]), k
+
+
+def test_warmup_scales_the_first_sgd_step(tiny_shapes, tmp_path):
+    """SGD's first step moves each weight by lr x (grad + decay x weight): under --warmup 4 by a quarter of it."""
+    def first_step_weights(*extra):
+        out = train(tiny_args(tiny_shapes, tmp_path, '--epochs', '1', '--max_iters', '1', *extra))
+        return load_checkpoint(out['checkpoints'][-1])['model']['RCNN_cls_score.weight']
+    w0 = first_step_weights('--lr', '0')
+    full, warm = first_step_weights(), first_step_weights('--warmup', '4')
+    assert not torch.equal(full, w0)
+    torch.testing.assert_close(warm - w0, (full - w0) / 4, rtol=1e-4, atol=1e-7)
+
+
+def test_warmup_must_not_be_negative(tiny_shapes, tmp_path):
+    with pytest.raises(ValueError, match='--warmup must be a number of iterations >= 0, got -1'):
+        train(tiny_args(tiny_shapes, tmp_path, '--epochs', '1', '--max_iters', '1', '--warmup', '-1'))
+
+
 def test_resume_rebuilds_the_checkpoint_model_whatever_the_flags_say(tiny_shapes, tmp_path):
     """Anchors, --cag and the trained stem come from the checkpoint (the first run used 3 anchor scales, --cag and
     --weights none; the resumed command has the yml's 5 scales, no --cag and no --weights), and the cfg keys that

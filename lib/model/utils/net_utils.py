@@ -1,5 +1,7 @@
 """Loss, crop pooling, initialisation and small training helpers used by the Faster R-CNN model and the
 training scripts (checkpoint saving lives elsewhere)."""
+import contextlib
+
 import cv2
 import numpy as np
 import torch
@@ -66,6 +68,24 @@ def adjust_learning_rate(optimizer, decay=0.1):
     """Multiply the learning rate of every parameter group by ``decay``."""
     for param_group in optimizer.param_groups:
         param_group['lr'] = decay * param_group['lr']
+
+
+@contextlib.contextmanager
+def scaled_learning_rate(optimizer, factor):
+    """Every parameter group's lr x ``factor`` inside the block (an optimizer step), the groups' own lrs put back
+    after it, exactly, so that the optimizer's state and the checkpoints hold the schedule's lr only. A factor of 1
+    touches nothing."""
+    if factor == 1:
+        yield
+        return
+    scheduled = [g['lr'] for g in optimizer.param_groups]
+    for g, lr in zip(optimizer.param_groups, scheduled):
+        g['lr'] = lr * factor
+    try:
+        yield
+    finally:
+        for g, lr in zip(optimizer.param_groups, scheduled):
+            g['lr'] = lr
 
 
 def vis_detections(im, class_name, dets, thresh=0.8):

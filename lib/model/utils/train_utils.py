@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from lib.model.utils.checkpoint import checkpoint_name, get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
 from lib.model.utils.config import cfg, cfg_to_dict
-from lib.model.utils.net_utils import AutocastForward, adjust_learning_rate, clip_gradient
+from lib.model.utils.net_utils import AutocastForward, adjust_learning_rate, clip_gradient, scaled_learning_rate
 from lib.model.utils.script_utils import (amp_autocast, build_detector, cfg_differences, dataset_settings,
                                           load_model_weights, print_cfg, save_cfg, seed_everything, select_device,
                                           setup_cfg, stored_model_cfg)
@@ -66,6 +66,13 @@ def build_optimizer(model, name, lr):
 def lr_decay_due(epoch, lr_decay_step):
     """The original's rule: decay at the start of every epoch divisible by lr_decay_step + 1 (epochs count from 1)."""
     return epoch % (lr_decay_step + 1) == 0
+
+
+def warmup_factor(iteration, warmup):
+    """--warmup's lr multiplier at ``iteration`` (from 0 at the first iteration of epoch 1, as the history's 'iter'):
+    a linear ramp from 1 / warmup at iteration 0 to 1 at iteration warmup - 1, then 1; always 1 with warmup 0
+    (the original, which has no warm-up)."""
+    return 1.0 if iteration >= warmup else (iteration + 1) / warmup
 
 
 def fit_schedule(epoch, seconds_left, epoch_seconds, last_epoch, decayed):
@@ -459,6 +466,9 @@ def _train(args, rank, world, local_rank, is_main, say, start_time, stop):
     budget = getattr(args, 'time_budget', None)
     if budget is not None and not budget > 0:
         raise ValueError(f'--time_budget must be a positive number of seconds, got {budget}')
+    warmup = getattr(args, 'warmup', 0) or 0
+    if warmup < 0:
+        raise ValueError(f'--warmup must be a number of iterations >= 0, got {warmup}')
     last_epoch, lr_decay_step = args.max_epochs, args.lr_decay_step
     decayed = lr < args.lr * (1 - 1e-6)  # a resumed run past its decay (--time_budget decays once)
     if budget is not None:
@@ -489,6 +499,9 @@ def _train(args, rank, world, local_rank, is_main, say, start_time, stop):
                    desc=f'epoch {epoch}/{last_epoch}', unit='img', disable=not is_main,
                    file=sys.stderr, dynamic_ncols=True, leave=False)
         for step in range(first_step, iters_per_epoch):
+            # the lr this step runs at: the schedule's, ramped up over the first --warmup iterations
+            warm = warmup_factor((epoch - 1) * iters_per_epoch + step, warmup)
+            step_lr = lr * warm
             im_data, im_info, gt_boxes, num_boxes, ids = next(data_iter)
             im_data = im_data.to(device, non_blocking=True)
             im_info = im_info.to(device, non_blocking=True)
@@ -508,7 +521,8 @@ def _train(args, rank, world, local_rank, is_main, say, start_time, stop):
                 if clip:
                     scaler.unscale_(optimizer)
                     clip_gradient(core, 10.)
-                scaler.step(optimizer)
+                with scaled_learning_rate(optimizer, warm):
+                    scaler.step(optimizer)
                 scaler.update()
                 meter.add(epoch, step, losses, rois_label, ids)
             except NonFiniteLossError:
@@ -522,14 +536,14 @@ def _train(args, rank, world, local_rank, is_main, say, start_time, stop):
             if step % args.disp_interval == 0 or step == iters_per_epoch - 1:
                 stats = meter.read()
                 record = {'iter': (epoch - 1) * iters_per_epoch + step, 'epoch': epoch, 'step': step,
-                          'loss': stats['loss'], 'lr': lr, **{k: stats[k] for k in LOSS_NAMES},
+                          'loss': stats['loss'], 'lr': step_lr, **{k: stats[k] for k in LOSS_NAMES},
                           **{f'mean_{k}': stats[f'mean_{k}'] for k in LOSS_NAMES}}
                 history.append(record)
                 if step % args.disp_interval == 0:
-                    _log_display(say, session, epoch, step, iters_per_epoch, stats, lr, time.time() - tic)
-                bar.set_postfix(loss=f'{stats["loss"]:.3f}', lr=f'{lr:.1e}')
+                    _log_display(say, session, epoch, step, iters_per_epoch, stats, step_lr, time.time() - tic)
+                bar.set_postfix(loss=f'{stats["loss"]:.3f}', lr=f'{step_lr:.1e}')
                 if writer is not None:
-                    _write_tensorboard(writer, record['iter'], stats, lr)
+                    _write_tensorboard(writer, record['iter'], stats, step_lr)
                 meter.reset()
                 tic = time.time()
 

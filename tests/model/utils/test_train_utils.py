@@ -4,9 +4,9 @@ import torch
 from torch import nn
 
 from lib.model.utils.config import cfg
-from lib.model.utils.net_utils import adjust_learning_rate
+from lib.model.utils.net_utils import adjust_learning_rate, scaled_learning_rate
 from lib.model.utils.train_utils import (LossMeter, NonFiniteLossError, build_optimizer, build_param_groups,
-                                         lr_decay_due, plot_loss_history)
+                                         lr_decay_due, plot_loss_history, warmup_factor)
 
 
 class _Tiny(nn.Module):
@@ -94,6 +94,31 @@ def test_lr_schedule_rule():
             adjust_learning_rate(opt, 0.1)
         seen.append(opt.param_groups[0]['lr'])
     assert seen == pytest.approx([1e-3] * 5 + [1e-4] * 6 + [1e-5] * 2)
+
+
+def test_warmup_ramps_linearly_to_one_and_zero_is_the_original():
+    assert [warmup_factor(i, 4) for i in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert warmup_factor(0, 1) == 1.0 and warmup_factor(0, 0) == 1.0 and warmup_factor(10 ** 6, 0) == 1.0
+    assert warmup_factor(99, 200) == pytest.approx(0.5)
+
+
+def test_scaled_learning_rate_steps_at_the_scaled_lr_and_puts_the_schedule_back():
+    w = nn.Parameter(torch.ones(2))
+    b = nn.Parameter(torch.ones(1))
+    lrs, f = [0.01, 0.02], 13 / 15  # lr x f / f is not lr again in floating point: dividing back would drift
+    assert lrs[0] * f / f != lrs[0]
+    opt = torch.optim.SGD([{'params': [w], 'lr': lrs[0]}, {'params': [b], 'lr': lrs[1]}])
+    w.grad, b.grad = torch.ones(2), torch.ones(1)
+    with scaled_learning_rate(opt, f):
+        assert [g['lr'] for g in opt.param_groups] == pytest.approx([lrs[0] * f, lrs[1] * f])
+        opt.step()
+    torch.testing.assert_close(w.detach(), torch.full((2,), 1 - lrs[0] * f))
+    torch.testing.assert_close(b.detach(), torch.full((1,), 1 - lrs[1] * f))
+    assert [g['lr'] for g in opt.param_groups] == lrs  # exactly, not approximately
+    with pytest.raises(RuntimeError, match='boom'):  # a failing step leaves the schedule as it was too
+        with scaled_learning_rate(opt, 0.5):
+            raise RuntimeError('boom')
+    assert [g['lr'] for g in opt.param_groups] == lrs
 
 
 def test_loss_meter_averages_and_reports_last_step():
