@@ -466,7 +466,7 @@ def _train(args, rank, world, local_rank, is_main, say, start_time, stop):
     budget = getattr(args, 'time_budget', None)
     if budget is not None and not budget > 0:
         raise ValueError(f'--time_budget must be a positive number of seconds, got {budget}')
-    warmup = getattr(args, 'warmup', 0) or 0
+    warmup = getattr(args, 'warmup', 0)
     if warmup < 0:
         raise ValueError(f'--warmup must be a number of iterations >= 0, got {warmup}')
     last_epoch, lr_decay_step = args.max_epochs, args.lr_decay_step
@@ -499,8 +499,9 @@ def _train(args, rank, world, local_rank, is_main, say, start_time, stop):
                    desc=f'epoch {epoch}/{last_epoch}', unit='img', disable=not is_main,
                    file=sys.stderr, dynamic_ncols=True, leave=False)
         for step in range(first_step, iters_per_epoch):
+            iteration = (epoch - 1) * iters_per_epoch + step  # counted from epoch 1, as the history's 'iter'
             # the lr this step runs at: the schedule's, ramped up over the first --warmup iterations
-            warm = warmup_factor((epoch - 1) * iters_per_epoch + step, warmup)
+            warm = warmup_factor(iteration, warmup)
             step_lr = lr * warm
             im_data, im_info, gt_boxes, num_boxes, ids = next(data_iter)
             im_data = im_data.to(device, non_blocking=True)
@@ -535,7 +536,7 @@ def _train(args, rank, world, local_rank, is_main, say, start_time, stop):
 
             if step % args.disp_interval == 0 or step == iters_per_epoch - 1:
                 stats = meter.read()
-                record = {'iter': (epoch - 1) * iters_per_epoch + step, 'epoch': epoch, 'step': step,
+                record = {'iter': iteration, 'epoch': epoch, 'step': step,
                           'loss': stats['loss'], 'lr': step_lr, **{k: stats[k] for k in LOSS_NAMES},
                           **{f'mean_{k}': stats[f'mean_{k}'] for k in LOSS_NAMES}}
                 history.append(record)
