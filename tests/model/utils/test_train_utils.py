@@ -195,7 +195,7 @@ def test_amp_on_a_cpu_autocasts_to_bf16(monkeypatch):
 
 
 @pytest.mark.parametrize('avx512_bf16, amx, native', [(False, False, False), (True, False, True),
-                                                       (False, True, True), (None, None, False)])
+                                                      (False, True, True), (None, None, False)])
 def test_cpu_has_native_bf16_asks_for_the_instruction_sets(monkeypatch, avx512_bf16, amx, native):
     """oneDNN's _is_mkldnn_bf16_supported() is true on any AVX512 CPU (it emulates bf16 there, at twice the float32
     step time on an Ice Lake Xeon): only AVX512-BF16 or AMX count, and a torch without the probes says no."""
