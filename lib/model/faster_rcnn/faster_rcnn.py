@@ -9,6 +9,7 @@ Shorthand: B images, G gt rows, R rois per image, C classes (background included
 """
 from collections import namedtuple
 
+import torch
 import torch.nn.functional as F
 from torch import nn
 
@@ -47,6 +48,7 @@ class _fasterRCNN(nn.Module):
         self.spatial_scale = 1.0 / cfg.FEAT_STRIDE[0]
         self.crop_max_pool = bool(cfg.CROP_RESIZE_WITH_MAX_POOL)
         self.truncated_init = bool(cfg.TRAIN.TRUNCATED)
+        self.channels_last = bool(cfg.CHANNELS_LAST)  # the input, so the trunk's convolutions, in NHWC layout
 
         self.RCNN_rpn = _RPN(self.dout_base_model)
         self.RCNN_proposal_target = _ProposalTargetLayer(self.n_classes)
@@ -73,6 +75,8 @@ class _fasterRCNN(nn.Module):
             FasterRCNNOutput (see its docstring for the shapes).
         """
         B = im_data.size(0)
+        if self.channels_last:
+            im_data = im_data.contiguous(memory_format=torch.channels_last)
         base_feat = self.RCNN_base(im_data)
         rois, rpn_loss_cls, rpn_loss_bbox = self.RCNN_rpn(base_feat, im_info, gt_boxes, num_boxes)
 

@@ -246,6 +246,13 @@ def cpu_has_native_bf16():
         return False
 
 
+def cpu_has_avx512():
+    """Whether torch's CPU kernels run at the AVX-512 level here (``ATEN_CPU_CAPABILITY`` can lower it). On such a
+    CPU the channels_last layout (cfg.CHANNELS_LAST) made the float32 CPU main job's steps faster; on an AVX2-only
+    CPU it made them slower (docs/BENCHMARKS.md)."""
+    return torch.backends.cpu.get_cpu_capability().startswith('AVX512')
+
+
 def amp_autocast(device, amp, amp_dtype='bf16'):
     """(a factory of the autocast context, its dtype) for the scripts' --amp; (nullcontext, None) without it.
 

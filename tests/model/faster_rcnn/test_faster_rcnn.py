@@ -249,6 +249,35 @@ def test_train_and_eval_under_bf16_autocast(tiny_cfg, device, mode):
     check_eval_output(out, 2)
 
 
+def test_channels_last_runs_the_trunk_in_nhwc_with_the_same_features(tiny_cfg, device):
+    """cfg.CHANNELS_LAST: the trunk's first convolution gets an NHWC input, read when the model is built; the
+    features and the RPN's scores are those of the default layout up to float rounding; the caller's images
+    are left as they were."""
+    torch.manual_seed(0)
+    plain = build('res18').to(device)
+    tiny_cfg.CHANNELS_LAST = True
+    nhwc = build('res18').to(device)
+    tiny_cfg.CHANNELS_LAST = False          # the model keeps what it was built with
+    nhwc.load_state_dict(plain.state_dict())
+    batch = [t.to(device) for t in make_batch(B=2, H=64, W=80)]
+    seen = []
+    for model in (plain, nhwc):
+        record = {}
+        model.RCNN_base[0].register_forward_pre_hook(
+            lambda m, args, record=record: record.update(nhwc=args[0].is_contiguous(memory_format=torch.channels_last)))
+        model.RCNN_base.register_forward_hook(lambda m, args, out, record=record: record.update(feat=out))
+        model.RCNN_rpn.RPN_cls_score.register_forward_hook(lambda m, args, out, record=record: record.update(rpn=out))
+        model.train()
+        out = model(*batch)
+        assert torch.isfinite(sum(out[3:7]))
+        sum(out[3:7]).backward()
+        seen.append(record)
+    assert [r['nhwc'] for r in seen] == [False, True]
+    assert batch[0].is_contiguous()
+    for key in ('feat', 'rpn'):
+        torch.testing.assert_close(seen[1][key], seen[0][key], rtol=1e-4, atol=1e-4)
+
+
 def test_state_dict_keys_use_the_original_names(tiny_cfg):
     """Checkpoints keep the original's parameter names (no extra persistent buffers)."""
     model = build('res18')

@@ -45,7 +45,7 @@ ORIGINAL_DEFAULTS = [
 ]
 
 # Keys this project added on top of the original's.
-ADDED_KEYS = {'INPUT_FORMAT', 'PYTORCH_PIXEL_MEANS', 'PYTORCH_PIXEL_STDS'}
+ADDED_KEYS = {'INPUT_FORMAT', 'PYTORCH_PIXEL_MEANS', 'PYTORCH_PIXEL_STDS', 'CHANNELS_LAST'}
 
 
 def _get(key):

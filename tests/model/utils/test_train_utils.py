@@ -209,6 +209,15 @@ def test_cpu_has_native_bf16_asks_for_the_instruction_sets(monkeypatch, avx512_b
     assert script_utils.cpu_has_native_bf16() is native
 
 
+@pytest.mark.parametrize('capability,expected', [('AVX512', True), ('AVX2', False), ('DEFAULT', False),
+                                                 ('NO AVX', False)])
+def test_cpu_has_avx512_reads_the_level_torch_dispatches_to(monkeypatch, capability, expected):
+    """run_main_job.sh's channels_last rule: the level the CPU kernels run at, which ATEN_CPU_CAPABILITY lowers."""
+    from lib.model.utils import script_utils
+    monkeypatch.setattr(torch.backends.cpu, 'get_cpu_capability', lambda: capability)
+    assert script_utils.cpu_has_avx512() is expected
+
+
 def test_amp_on_a_cpu_warns_about_fp16_and_about_emulated_bf16(monkeypatch):
     from lib.model.utils import script_utils
     monkeypatch.setattr(script_utils, 'cpu_has_native_bf16', lambda: False)
