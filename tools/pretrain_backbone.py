@@ -89,11 +89,11 @@ def main(argv=None):
         model, crops, labels, args.steps, means, stds, batch_size=args.batch_size, lr=args.lr,
         weight_decay=args.weight_decay, warmup=args.warmup, crop_size=args.crop_size, seed=seed, device=device,
         progress=lambda it: tqdm(it, desc=f'pretraining {args.net}', unit='step'),
-        autocast=amp_autocast(device, args.amp)[0])
+        autocast=amp_autocast(device, args.amp)[0], channels_last=cfg.CHANNELS_LAST)
     train_s = time.time() - t0
     save_checkpoint(pretrain.backbone_state_dict(model), output)
     result = {'dataset': args.dataset, 'net': args.net, 'steps': args.steps, 'batch_size': args.batch_size,
-              'lr': args.lr, 'amp': args.amp, 'crop_size': args.crop_size,
+              'lr': args.lr, 'amp': args.amp, 'channels_last': cfg.CHANNELS_LAST, 'crop_size': args.crop_size,
               'min_side': crop_kw['min_side'], 'seed': seed, 'train_crops': len(crops),
               'crops_and_training_s': round(train_s, 1), 'history': history}
     print(f'wrote {output} ({train_s:.0f} s; final loss {history[-1]["loss"]:.3f})')
@@ -101,7 +101,8 @@ def main(argv=None):
     if args.val:
         _, val_roidb = _roidb(settings['imdbval_name'])
         vc, vl = object_crops(val_roidb, seed=seed + 1, **crop_kw)
-        acc, fg_acc = pretrain.evaluate(model, vc, vl, args.crop_size, means, stds, device)
+        acc, fg_acc = pretrain.evaluate(model, vc, vl, args.crop_size, means, stds, device,
+                                        channels_last=cfg.CHANNELS_LAST)
         result.update(val_crops=len(vc), val_accuracy=acc, val_object_accuracy=fg_acc)
         print(f'crop accuracy on {settings["imdbval_name"]}: {acc:.3f} ({len(vc)} crops), '
               f'{fg_acc:.3f} on the objects alone')

@@ -3,6 +3,7 @@ and a saved backbone that the detector loads as a 'pytorch' pretrained file."""
 import numpy as np
 import pytest
 import torch
+import torchvision
 
 from lib.model.faster_rcnn import pretrain
 from lib.model.faster_rcnn.weights import FORMAT_KEY, read_weight_format
@@ -101,6 +102,59 @@ def test_the_forward_runs_in_the_given_autocast_and_still_learns():
     assert history[-1]['loss'] < 0.5 * history[0]['loss']
     acc, _ = pretrain.evaluate(model, *_two_class_crops(128, seed=1), 10, MEANS, STDS, 'cpu')
     assert acc > 0.9
+
+
+def test_layer4_runs_as_the_detector_head_runs_it_and_saves_as_a_plain_resnet():
+    from torch import nn
+    from lib.model.faster_rcnn.small_map_conv import SmallMapConv2d
+    model = pretrain.build_classifier('res18', 3)
+    convs = {n: type(m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+    assert {t for n, t in convs.items() if n.startswith('layer4.')} == {SmallMapConv2d}
+    assert {t for n, t in convs.items() if not n.startswith('layer4.')} == {nn.Conv2d}
+    ref = torchvision.models.resnet18(num_classes=3)
+    assert {k: v.shape for k, v in model.state_dict().items()} == {k: v.shape for k, v in ref.state_dict().items()}
+    ref.load_state_dict(model.state_dict())
+    x = torch.randn(4, 3, 64, 64)
+    model.eval(), ref.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), ref(x), rtol=1e-4, atol=1e-4)
+
+
+def test_crops_in_channels_last_hold_the_same_values():
+    crops = np.random.default_rng(0).integers(0, 256, (3, 6, 6, 3), dtype=np.uint8)
+    x = pretrain.normalize_crops(crops, MEANS, STDS, channels_last=True)
+    assert x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    assert torch.equal(x, pretrain.normalize_crops(crops, MEANS, STDS))
+
+
+def test_channels_last_and_the_fused_adamw_train_as_the_default(monkeypatch):
+    """channels_last=True (cfg.CHANNELS_LAST) gives the first convolution NHWC batches, and both runs ask for
+    the fused AdamW. The first loss is the default layout's up to float rounding; after an update less closely,
+    since AdamW scales every gradient element to about lr, the rounding's sign included."""
+    asked = []
+
+    class AdamW(torch.optim.AdamW):
+        def __init__(self, params, **kw):
+            asked.append(kw.get('fused'))
+            super().__init__(params, **kw)
+
+    monkeypatch.setattr(torch.optim, 'AdamW', AdamW)
+    crops, labels = _two_class_crops(64)
+    runs = []
+    for channels_last in (False, True):
+        torch.manual_seed(0)
+        model = pretrain.build_classifier('res18', 3)
+        layouts = set()
+        model.conv1.register_forward_pre_hook(
+            lambda m, args: layouts.add(args[0].is_contiguous(memory_format=torch.channels_last)))
+        history = pretrain.pretrain_classifier(model, crops, labels, 2, MEANS, STDS, batch_size=16, crop_size=10,
+                                               warmup=1, log_every=1, log=lambda m: None,
+                                               channels_last=channels_last)
+        runs.append(([h['loss'] for h in history], layouts))
+    assert asked == [True, True]
+    assert runs[0][1] == {False} and runs[1][1] == {True}
+    np.testing.assert_allclose(runs[1][0][0], runs[0][0][0], rtol=1e-5)
+    np.testing.assert_allclose(runs[1][0][1], runs[0][0][1], rtol=2e-2)
 
 
 def test_bad_inputs_are_refused():
