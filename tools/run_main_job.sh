@@ -27,11 +27,21 @@ else
     AMP=$(python -c "from lib.model.utils.script_utils import cpu_has_native_bf16 as f; print('--amp' if f() else '')")
     if [ -z "$AMP" ]; then
       echo "== this CPU has no native bf16 (AVX512-BF16 or AMX): the job runs in float32, slower than the bf16" \
-           "it was tuned with (1313 s on a 2-core Ice Lake Xeon VM against 637 s on an AVX512-BF16 EPYC; README)"
+           "it was tuned with (about 1100 s on a 2-core Ice Lake Xeon VM against 637 s on an AVX512-BF16 EPYC; README)"
+    fi
+  fi
+  # channels_last (cfg.CHANNELS_LAST) where the job runs in float32 on an AVX-512 CPU, the case it was measured
+  # faster in (docs/BENCHMARKS.md); CHANNELS_LAST=True or False decides it by hand
+  if [ "${CHANNELS_LAST-auto}" = auto ]; then
+    CHANNELS_LAST=False
+    if [ -z "$AMP" ] && python -c "from lib.model.utils.script_utils import cpu_has_avx512 as f; exit(not f())"; then
+      CHANNELS_LAST=True
     fi
   fi
 fi
 [ "${AMP-auto}" != auto ] || AMP=  # on a GPU, --amp is in TRAIN_ARGS
+[ "${CHANNELS_LAST-auto}" != auto ] || CHANNELS_LAST=False  # the GPU recipe: the original's layout (unmeasured)
+CL_SET=(--set CHANNELS_LAST "$CHANNELS_LAST")  # last on each command line (--set takes the rest)
 TRAIN_SECONDS=${TRAIN_SECONDS-}  # empty (the CPU's default): TRAIN_ARGS's own schedule, no time budget
 SESSION=1
 SAVE_DIR=${SAVE_DIR:-models}
@@ -46,7 +56,7 @@ if [ "$WEIGHTS" != none ]; then
   echo "== pretraining the $NET backbone on object crops of shapes_trainval (writes $WEIGHTS)"
   # shellcheck disable=SC2086
   python tools/pretrain_backbone.py --dataset shapes --net "$NET" --cfg "$CFG" --output "$WEIGHTS" $PRETRAIN_ARGS \
-    $DEV $AMP 2>&1 | tee "$LOG_DIR/pretrain.log"
+    $DEV $AMP "${CL_SET[@]}" 2>&1 | tee "$LOG_DIR/pretrain.log"
 fi
 BUDGET_FLAG=()
 if [ -n "$TRAIN_SECONDS" ]; then
@@ -58,12 +68,12 @@ if [ -n "$TRAIN_SECONDS" ]; then
   BUDGET_FLAG=(--time_budget "$budget")
 fi
 SCRATCH=()  # the yml's fine-tuning rules (frozen BatchNorm, fixed blocks) would freeze random weights
-[ "$WEIGHTS" != none ] || SCRATCH=(--set TRAIN.BN_TRAIN True RESNET.FIXED_BLOCKS 0)
-echo "== training $NET on shapes_trainval ($CFG, weights: $WEIGHTS) $DEV $AMP"
+[ "$WEIGHTS" != none ] || SCRATCH=(TRAIN.BN_TRAIN True RESNET.FIXED_BLOCKS 0)
+echo "== training $NET on shapes_trainval ($CFG, weights: $WEIGHTS) $DEV $AMP ${CL_SET[*]}"
 # shellcheck disable=SC2086
 python trainval_net.py --dataset shapes --net "$NET" --weights "$WEIGHTS" --cfg "$CFG" --s $SESSION \
   --save_dir "$SAVE_DIR" --disp_interval 50 $TRAIN_ARGS ${BUDGET_FLAG[@]+"${BUDGET_FLAG[@]}"} $DEV $AMP \
-  ${SCRATCH[@]+"${SCRATCH[@]}"} 2>&1 \
+  "${CL_SET[@]}" ${SCRATCH[@]+"${SCRATCH[@]}"} 2>&1 \
   | tee "$LOG_DIR/train.log"
 train_s=$(( $(date +%s) - start ))
 
@@ -73,11 +83,11 @@ base=$(basename "$ckpt" .pth); IFS=_ read -r _ _ s e step <<< "$base"
 echo "== testing $ckpt on shapes_test"
 start=$(date +%s)
 python test_net.py --dataset shapes --net "$NET" --cfg "$CFG" --load_dir "$SAVE_DIR" \
-  --checksession "$s" --checkepoch "$e" --checkpoint "$step" $DEV $AMP 2>&1 | tee "$LOG_DIR/test.log"
+  --checksession "$s" --checkepoch "$e" --checkpoint "$step" $DEV $AMP "${CL_SET[@]}" 2>&1 | tee "$LOG_DIR/test.log"
 test_s=$(( $(date +%s) - start ))
 
 echo "== demo on a few shapes test images (writes images/*_det.jpg)"
 python tools/demo.py --dataset shapes --net "$NET" --cfg "$CFG" --load_dir "$SAVE_DIR" \
-  --checksession "$s" --checkepoch "$e" --checkpoint "$step" --thresh "$DEMO_THRESH" $DEV
+  --checksession "$s" --checkepoch "$e" --checkpoint "$step" --thresh "$DEMO_THRESH" $DEV "${CL_SET[@]}"
 
 echo "== main job done: train ${train_s} s (backbone pretraining included), test ${test_s} s; $(grep -m1 'mAP (the dataset' "$LOG_DIR/test.log" || true)"
