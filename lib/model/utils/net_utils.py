@@ -64,6 +64,12 @@ def clip_gradient(model, clip_norm):
     return total
 
 
+def fused_optimizer_ok(params):
+    """Whether PyTorch's fused optimizer kernels (SGD, Adam, AdamW: one kernel for all tensors instead of several
+    small ops per tensor, same arithmetic) take ``params``: floating-point tensors on the CPU or CUDA."""
+    return all(p.device.type in ('cpu', 'cuda') and p.is_floating_point() for p in params)
+
+
 def adjust_learning_rate(optimizer, decay=0.1):
     """Multiply the learning rate of every parameter group by ``decay``."""
     for param_group in optimizer.param_groups:

@@ -4,7 +4,8 @@ import torch
 from torch import nn
 
 from lib.model.utils.net_utils import (_affine_grid_gen, _crop_pool_layer, _smooth_l1_loss, adjust_learning_rate,
-                                       clip_gradient, normal_init, vis_detections, weights_normal_init)
+                                       clip_gradient, fused_optimizer_ok, normal_init, vis_detections,
+                                       weights_normal_init)
 
 
 def test_smooth_l1_hand_computed_sigma_1():
@@ -123,3 +124,9 @@ def test_vis_detections_draws_only_confident_boxes():
     assert out is im
     assert out[5, 5:30].any()            # the confident box's top edge is drawn
     assert not out[50:56, 50:56].any()   # the weak one is not
+
+
+def test_fused_optimizer_ok_takes_floating_cpu_and_cuda_tensors_only():
+    assert fused_optimizer_ok([torch.zeros(2), torch.zeros(3, dtype=torch.float64)])
+    assert not fused_optimizer_ok([torch.zeros(2), torch.zeros(2, dtype=torch.long)])
+    assert not fused_optimizer_ok([torch.zeros(2), torch.zeros(2, device='meta')])
