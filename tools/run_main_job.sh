@@ -21,10 +21,14 @@ else
   # (add --val to PRETRAIN_ARGS for the classifier's accuracy on the test set's crops: about 20 s more here)
   WEIGHTS=${WEIGHTS:-data/pretrained_model/resnet18_shapes.pth}; PRETRAIN_ARGS=${PRETRAIN_ARGS:-}
   TRAIN_ARGS=${TRAIN_ARGS:-"--bs 1 --nw 1 --epochs 3 --max_iters 1300 --lr 0.02 --lr_decay_step 2 --checkpoint_interval 0"}
+  # what the CPU can do, asked of torch once (an import of torch costs about 3 s here): native bf16, AVX-512
+  probe=$(python -c \
+    "from lib.model.utils.script_utils import cpu_has_avx512 as a, cpu_has_native_bf16 as b; print(int(b()), int(a()))")
+  read -r NATIVE_BF16 AVX512 <<< "$probe"
   # bf16 autocast for pretraining, training and test where the CPU computes bf16 natively (AVX512-BF16 or AMX):
   # a third off every step there; elsewhere float32. AMP= (empty) keeps float32 everywhere.
   if [ "${AMP-auto}" = auto ]; then
-    AMP=$(python -c "from lib.model.utils.script_utils import cpu_has_native_bf16 as f; print('--amp' if f() else '')")
+    AMP=; [ "$NATIVE_BF16" != 1 ] || AMP=--amp
     if [ -z "$AMP" ]; then
       echo "== this CPU has no native bf16 (AVX512-BF16 or AMX): the job runs in float32, slower than the bf16" \
            "it was tuned with (1123-1164 s on a 2-core Ice Lake Xeon VM against 637 s on an AVX512-BF16 EPYC; README)"
@@ -34,7 +38,7 @@ else
   # faster in (docs/BENCHMARKS.md); CHANNELS_LAST=True or False decides it by hand
   if [ "${CHANNELS_LAST-auto}" = auto ]; then
     CHANNELS_LAST=False
-    if [ -z "$AMP" ] && python -c "from lib.model.utils.script_utils import cpu_has_avx512 as f; exit(not f())"; then
+    if [ -z "$AMP" ] && [ "$AVX512" = 1 ]; then
       CHANNELS_LAST=True
     fi
   fi
