@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lib.model.faster_rcnn.small_map_conv import (MAX_OUTPUT_PIXELS, SmallMapConv2d, unfold_conv2d,
+from lib.model.faster_rcnn.small_map_conv import (MAX_OUTPUT_PIXELS, Im2Row, SmallMapConv2d, unfold_conv2d,
                                                   use_small_map_convs)
 
 
@@ -30,6 +30,24 @@ def test_unfold_conv2d_matches_conv2d_forward_and_backward(shape, k, stride, pad
         torch.testing.assert_close(a, r)
     assert torch.autograd.gradcheck(lambda x_, w_: unfold_conv2d(x_, w_, None, (stride, stride),
                                                                  (padding, padding)), (x, w))
+
+
+@pytest.mark.parametrize('layout', ['contiguous', 'channels_last', 'sliced'])
+@pytest.mark.parametrize('k,stride,padding', [(3, 1, 1), (3, 2, 1), (1, 2, 0), (2, 1, 0)])
+def test_im2row_is_unfold_transposed_on_any_strides(layout, k, stride, padding):
+    """Rows of Im2Row are F.unfold's columns, (n, oy, ox) by (c, ky, kx), for inputs of any memory layout, and its
+    backward is F.fold's (the gradient summed over the overlapping windows)."""
+    torch.manual_seed(0)
+    base = torch.randn(3, 5, 4, 6, dtype=torch.float64)
+    x = {'contiguous': base, 'channels_last': base.contiguous(memory_format=torch.channels_last),
+         'sliced': base[:, 1:, :, 1:]}[layout].requires_grad_()
+    rows = Im2Row.apply(x, (k, k), (stride, stride), (padding, padding))
+    cols = F.unfold(x, k, padding=padding, stride=stride)  # [N, C*k*k, P]
+    torch.testing.assert_close(rows, cols.transpose(1, 2).reshape(-1, cols.size(1)), rtol=0, atol=0)
+    g = torch.randn_like(rows)
+    (grad,) = torch.autograd.grad(rows, x, g)
+    ref = F.fold(g.view(x.size(0), -1, g.size(1)).transpose(1, 2), x.shape[-2:], k, padding=padding, stride=stride)
+    torch.testing.assert_close(grad, ref)
 
 
 def test_module_takes_the_fast_path_only_where_it_applies(monkeypatch):
