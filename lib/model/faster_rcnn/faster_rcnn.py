@@ -48,7 +48,9 @@ class _fasterRCNN(nn.Module):
         self.spatial_scale = 1.0 / cfg.FEAT_STRIDE[0]
         self.crop_max_pool = bool(cfg.CROP_RESIZE_WITH_MAX_POOL)
         self.truncated_init = bool(cfg.TRAIN.TRUNCATED)
-        self.channels_last = bool(cfg.CHANNELS_LAST)  # the input, so the trunk's convolutions, in NHWC layout
+        # the input and the weights of the trunk and the RPN in NHWC layout (create_architecture): their
+        # convolutions then skip the layout conversion of the input and most of the copies of their weights
+        self.channels_last = bool(cfg.CHANNELS_LAST)
 
         self.RCNN_rpn = _RPN(self.dout_base_model)
         self.RCNN_proposal_target = _ProposalTargetLayer(self.n_classes)
@@ -128,3 +130,7 @@ class _fasterRCNN(nn.Module):
         """Build the backbone and the heads, then initialise the new layers."""
         self._init_modules()
         self._init_weights()
+        if self.channels_last:
+            # the 4-d weights only; the head (layer4 or the fc layers) sees pooled rois in the default layout
+            self.RCNN_base.to(memory_format=torch.channels_last)
+            self.RCNN_rpn.to(memory_format=torch.channels_last)

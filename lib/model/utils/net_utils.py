@@ -70,6 +70,19 @@ def fused_optimizer_ok(params):
     return all(p.device.type in ('cpu', 'cuda') and p.is_floating_point() for p in params)
 
 
+def match_state_layouts(optimizer):
+    """Give each per-parameter state tensor of ``optimizer`` (momentum, Adam's moments) its parameter's memory
+    layout, as after a resume where the checkpoint's model was in another layout (cfg.CHANNELS_LAST). The fused
+    kernels walk a parameter, its gradient and its state in memory order, so an NCHW momentum buffer for an NHWC
+    weight updates the wrong elements (torch 2.14)."""
+    for group in optimizer.param_groups:
+        for p in group['params']:
+            state = optimizer.state.get(p, {})
+            for key, value in state.items():
+                if torch.is_tensor(value) and value.shape == p.shape and value.stride() != p.stride():
+                    state[key] = torch.empty_like(p, dtype=value.dtype).copy_(value)
+
+
 def adjust_learning_rate(optimizer, decay=0.1):
     """Multiply the learning rate of every parameter group by ``decay``."""
     for param_group in optimizer.param_groups:

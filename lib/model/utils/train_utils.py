@@ -15,7 +15,7 @@ from tqdm import tqdm
 from lib.model.utils.checkpoint import checkpoint_name, get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
 from lib.model.utils.config import cfg, cfg_to_dict
 from lib.model.utils.net_utils import (AutocastForward, adjust_learning_rate, clip_gradient, fused_optimizer_ok,
-                                       scaled_learning_rate)
+                                       match_state_layouts, scaled_learning_rate)
 from lib.model.utils.script_utils import (amp_autocast, build_detector, cfg_differences, dataset_settings,
                                           load_model_weights, print_cfg, save_cfg, seed_everything, select_device,
                                           setup_cfg, stored_model_cfg)
@@ -627,6 +627,7 @@ def _resume(args, ck, load_name, core, optimizer, scaler, classes, iters_per_epo
     except ValueError as e:
         raise ValueError(f'{load_name}: its optimizer state does not fit this model\'s trainable parameters '
                          f'({e}); was it trained with another RESNET.FIXED_BLOCKS or --o?') from None
+    match_state_layouts(optimizer)
     if ck.get('scaler') and scaler is not None:
         scaler.load_state_dict(ck['scaler'])
     if 'step' in ck:

@@ -251,8 +251,9 @@ def test_train_and_eval_under_bf16_autocast(tiny_cfg, device, mode):
 
 def test_channels_last_runs_the_trunk_in_nhwc_with_the_same_features(tiny_cfg, device):
     """cfg.CHANNELS_LAST: the trunk's first convolution gets an NHWC input, read when the model is built; the
-    features and the RPN's scores are those of the default layout up to float rounding; the caller's images
-    are left as they were."""
+    trunk's and the RPN's weights (loaded state included) and their gradients are NHWC, the head's are not; the
+    features, the RPN's scores and the gradients are those of the default layout up to float rounding; the
+    caller's images are left as they were."""
     torch.manual_seed(0)
     plain = build('res18').to(device)
     tiny_cfg.CHANNELS_LAST = True
@@ -268,6 +269,7 @@ def test_channels_last_runs_the_trunk_in_nhwc_with_the_same_features(tiny_cfg, d
         model.RCNN_base.register_forward_hook(lambda m, args, out, record=record: record.update(feat=out))
         model.RCNN_rpn.RPN_cls_score.register_forward_hook(lambda m, args, out, record=record: record.update(rpn=out))
         model.train()
+        torch.manual_seed(1)                 # the same anchor and roi samples for both
         out = model(*batch)
         assert torch.isfinite(sum(out[3:7]))
         sum(out[3:7]).backward()
@@ -276,6 +278,19 @@ def test_channels_last_runs_the_trunk_in_nhwc_with_the_same_features(tiny_cfg, d
     assert batch[0].is_contiguous()
     for key in ('feat', 'rpn'):
         torch.testing.assert_close(seen[1][key], seen[0][key], rtol=1e-4, atol=1e-4)
+    params = dict(plain.named_parameters())
+    nhwc_3x3 = 0
+    for name, p in nhwc.named_parameters():
+        if p.dim() != 4:
+            continue
+        in_trunk = name.startswith(('RCNN_base.', 'RCNN_rpn.'))
+        layout = torch.channels_last if in_trunk else torch.contiguous_format
+        assert p.is_contiguous(memory_format=layout), name
+        nhwc_3x3 += in_trunk and not p.is_contiguous()
+        if p.grad is not None:
+            assert p.grad.stride() == p.stride(), name  # the optimizer's buffers follow the gradients
+            torch.testing.assert_close(p.grad, params[name].grad, rtol=1e-3, atol=1e-4)
+    assert nhwc_3x3 > 0
 
 
 def test_state_dict_keys_use_the_original_names(tiny_cfg):

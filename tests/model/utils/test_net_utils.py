@@ -4,7 +4,8 @@ import torch
 from torch import nn
 
 from lib.model.utils.net_utils import (_affine_grid_gen, _crop_pool_layer, _smooth_l1_loss, adjust_learning_rate,
-                                       clip_gradient, fused_optimizer_ok, normal_init, vis_detections,
+                                       clip_gradient, fused_optimizer_ok, match_state_layouts, normal_init,
+                                       vis_detections,
                                        weights_normal_init)
 
 
@@ -130,3 +131,32 @@ def test_fused_optimizer_ok_takes_floating_cpu_and_cuda_tensors_only():
     assert fused_optimizer_ok([torch.zeros(2), torch.zeros(3, dtype=torch.float64)])
     assert not fused_optimizer_ok([torch.zeros(2), torch.zeros(2, dtype=torch.long)])
     assert not fused_optimizer_ok([torch.zeros(2), torch.zeros(2, device='meta')])
+
+
+@pytest.mark.parametrize('optim,kw', [(torch.optim.SGD, {'momentum': 0.9}), (torch.optim.AdamW, {})])
+@pytest.mark.parametrize('param_nhwc', [False, True])
+def test_match_state_layouts_lets_the_fused_step_resume_across_layouts(optim, kw, param_nhwc):
+    """A checkpoint's optimizer state in the other memory layout than the parameters (a run resumed with another
+    cfg.CHANNELS_LAST): after match_state_layouts the fused step equals the plain for-loop step."""
+    torch.manual_seed(0)
+    layout = torch.channels_last if param_nhwc else torch.contiguous_format
+    other = torch.contiguous_format if param_nhwc else torch.channels_last
+    w0, g0, g1 = torch.randn(3, 6, 4, 3, 3).unbind()
+    results = []
+    for fused in (True, None):
+        saved = nn.Parameter(w0.clone().contiguous(memory_format=other))
+        first = optim([saved], lr=0.1, fused=fused, **kw)  # the checkpoint's groups carry the fused flag
+        saved.grad = g0.clone().contiguous(memory_format=other)
+        first.step()
+        p = nn.Parameter(saved.detach().clone().contiguous(memory_format=layout))
+        opt = optim([p], lr=0.1, fused=fused, **kw)
+        opt.load_state_dict(first.state_dict())
+        assert opt.param_groups[0]['fused'] == fused
+        match_state_layouts(opt)
+        for value in opt.state[p].values():
+            if value.dim() == 4:
+                assert value.stride() == p.stride()
+        p.grad = g1.clone().contiguous(memory_format=layout)
+        opt.step()
+        results.append(p.detach())
+    torch.testing.assert_close(results[0], results[1])
