@@ -31,7 +31,7 @@ else
     AMP=; [ "$NATIVE_BF16" != 1 ] || AMP=--amp
     if [ -z "$AMP" ]; then
       echo "== this CPU has no native bf16 (AVX512-BF16 or AMX): the job runs in float32, slower than the bf16" \
-           "it was tuned with (1123-1164 s on a 2-core Ice Lake Xeon VM against 637 s on an AVX512-BF16 EPYC; README)"
+           "it was tuned with (1016 s on a 2-core Ice Lake Xeon VM against 637 s on an AVX512-BF16 EPYC; README)"
     fi
   fi
   # channels_last (cfg.CHANNELS_LAST) where the job runs in float32 on an AVX-512 CPU, the case it was measured

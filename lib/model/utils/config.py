@@ -126,9 +126,10 @@ def get_default_cfg():
     C.CUDA = False
     C.CROP_RESIZE_WITH_MAX_POOL = True
 
-    # Added: the detector's input image (so its convolution trunk) in channels_last memory layout, and
-    # tools/pretrain_backbone.py's crops too. Off by default, the original's layout. Measured on CPUs only
-    # (docs/BENCHMARKS.md): faster on a 2-core AVX-512 Ice Lake in float32, slower on an AVX2-only CPU.
+    # Added: the detector's input image and the weights of its trunk and RPN (so their convolutions) in
+    # channels_last memory layout, and tools/pretrain_backbone.py's crops too. Off by default, the original's
+    # layout. Measured on CPUs only (docs/BENCHMARKS.md): faster on a 2-core AVX-512 Ice Lake in float32, slower
+    # on an AVX2-only CPU.
     C.CHANNELS_LAST = False
 
     # Added: how images are normalised for the backbone. 'caffe' is the original's (BGR, 0..255, minus
