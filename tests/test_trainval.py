@@ -362,6 +362,23 @@ def test_resume_rebuilds_the_checkpoint_model_whatever_the_flags_say(tiny_shapes
     assert ck['model']['RCNN_rpn.RPN_cls_score.weight'].shape[0] == 2 * 3 * 3
 
 
+def test_resume_with_the_other_channels_last_gives_the_optimizer_state_the_weights_layout(tiny_shapes, tmp_path):
+    """A run with CHANNELS_LAST True (its trunk weights and momentum buffers NHWC) resumed without it: the
+    buffers take the weights' layout again, which torch's fused SGD needs to update the right elements."""
+    def nhwc_buffers(ck):
+        bufs = [s['momentum_buffer'] for s in ck['optimizer']['state'].values() if s['momentum_buffer'].dim() == 4]
+        return [b.is_contiguous(memory_format=torch.channels_last) and not b.is_contiguous() for b in bufs]
+    common = ('--epochs', '1', '--max_iters', '3', '--checkpoint_interval', '1')
+    first = train(trainval_net.parse_args(tiny_argv(tiny_shapes, tmp_path, *common) + ['CHANNELS_LAST', 'True']))
+    assert any(nhwc_buffers(load_checkpoint(first['checkpoints'][0])))
+    for p in first['checkpoints'][1:]:
+        os.remove(p)
+    resumed = train(tiny_args(tiny_shapes, tmp_path, *common, '--r', '--checkepoch', '1', '--checkpoint', '0'))
+    ck = load_checkpoint(resumed['checkpoints'][-1])
+    assert ck['step'] == 2 and not any(nhwc_buffers(ck))
+    assert all(v.is_contiguous() for v in ck['model'].values())
+
+
 def test_resume_from_a_checkpoint_in_the_original_format(tiny_shapes, tmp_path):
     """The original saved session, epoch + 1, model, optimizer, pooling_mode and class_agnostic; --r resumed at
     the start of that epoch with the optimizer's lr."""
