@@ -5,8 +5,7 @@ from torch import nn
 
 from lib.model.utils.net_utils import (_affine_grid_gen, _crop_pool_layer, _smooth_l1_loss, adjust_learning_rate,
                                        clip_gradient, fused_optimizer_ok, match_state_layouts, normal_init,
-                                       vis_detections,
-                                       weights_normal_init)
+                                       vis_detections, weights_normal_init)
 
 
 def test_smooth_l1_hand_computed_sigma_1():
