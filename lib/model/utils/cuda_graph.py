@@ -42,13 +42,22 @@ class GraphedStep:
             makes its state, the allocator warms up); they are real steps (a training step updates the model).
     """
 
+    # device -> the side stream of every warm-up on that device. PyTorch keeps a cuBLAS workspace (32 MiB on
+    # Hopper) for each stream cuBLAS has run on, allocated until the process ends; a new stream per graph left
+    # one more of them allocated for every graph made (tools/bench.py's graph rows on the H200 of 2026-11-28).
+    # torch.cuda.graph shares its capture stream the same way.
+    warmup_streams = {}
+
     def __init__(self, fn, example_inputs, warmup=3):
         if not example_inputs or not all(isinstance(t, torch.Tensor) and t.is_cuda for t in example_inputs):
             raise ValueError('GraphedStep: CUDA graphs need CUDA tensors as inputs, got '
                              + ', '.join(f'{type(t).__name__} on {getattr(t, "device", "-")}'
                                          for t in example_inputs))
         self.static_inputs = tuple(t.clone() for t in example_inputs)
-        side = torch.cuda.Stream()
+        device = example_inputs[0].device
+        side = GraphedStep.warmup_streams.get(device)
+        if side is None:
+            side = GraphedStep.warmup_streams[device] = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(warmup):

@@ -81,20 +81,52 @@ class Accumulate:
         return self.acc * 1
 
 
-def test_graphed_step_keeps_its_step_and_its_state_alive(monkeypatch):
+class FakeStream:
+    made = 0
+
+    def __init__(self, device=None):
+        FakeStream.made += 1
+
+    def wait_stream(self, other):
+        pass
+
+
+@pytest.fixture
+def fake_cuda_capture(monkeypatch):
+    """GraphedStep without a GPU: fake CUDA tensors (FakeTensorMode, entered by the test), streams that do
+    nothing, the capture a no-op; GraphedStep's shared warm-up streams are the test's own."""
+    current = FakeStream()
+    monkeypatch.setattr(FakeStream, 'made', 0)  # the streams GraphedStep makes
+    monkeypatch.setattr(GraphedStep, 'warmup_streams', {})
+    monkeypatch.setattr(torch.cuda, 'Stream', FakeStream)
+    monkeypatch.setattr(torch.cuda, 'current_stream', lambda device=None: current)
+    monkeypatch.setattr(torch.cuda, 'stream', lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, 'CUDAGraph', object)
+    monkeypatch.setattr(torch.cuda, 'graph', lambda g: contextlib.nullcontext())
+
+
+@pytest.mark.usefixtures('fake_cuda_capture')
+def test_graphed_steps_on_one_device_share_one_warmup_stream():
+    """PyTorch keeps a cuBLAS workspace (32 MiB on Hopper) for every stream cuBLAS ran on, for the life of the
+    process: with a new warm-up stream per graph, each graph made left one more allocated (on the H200 of
+    2026-11-28, tools/bench.py's replayed test rows, measured after four training graphs, peaked at 561 and 596
+    MB per image against 268 and 302 as the first graphs of a process)."""
+    with FakeTensorMode():
+        x = torch.ones(4, device='cuda')
+        first = GraphedStep(lambda t: t * 2, (x,), warmup=1)
+        made = FakeStream.made
+        GraphedStep(lambda t: t + 1, (x,), warmup=1)
+        GraphedStep(Accumulate(), (x,), warmup=2)
+    assert made == 1 and FakeStream.made == 1  # the later graphs made no stream of their own
+    assert list(GraphedStep.warmup_streams) == [x.device] and first.static_inputs[0].device == x.device
+
+
+@pytest.mark.usefixtures('fake_cuda_capture')
+def test_graphed_step_keeps_its_step_and_its_state_alive():
     """The graph writes to the step's own memory by address, so the step must live as long as the graph. On the
     2026-11-27 H100 every training graph of tools/bench.py crashed (an illegal memory access, or a segfault in
     replay()): its optimizer was held only by the step, and the benchmark's empty_cache() before timing handed
     the freed momentum buffers back to the driver. Here without a GPU: fake CUDA tensors, the capture a no-op."""
-    class Stream:
-        def wait_stream(self, other):
-            pass
-
-    monkeypatch.setattr(torch.cuda, 'Stream', Stream)
-    monkeypatch.setattr(torch.cuda, 'current_stream', Stream)
-    monkeypatch.setattr(torch.cuda, 'stream', lambda s: contextlib.nullcontext())
-    monkeypatch.setattr(torch.cuda, 'CUDAGraph', object)
-    monkeypatch.setattr(torch.cuda, 'graph', lambda g: contextlib.nullcontext())
     with FakeTensorMode():
         step = Accumulate()
         graphed = GraphedStep(step, (torch.ones(4, device='cuda'),), warmup=2)
