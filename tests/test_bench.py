@@ -305,3 +305,29 @@ def test_the_graph_rows_child_is_this_script_with_the_parents_settings(bench, tm
     results.append({'section': 'test', 'bs': 1, 'amp': 'fp32', 'ours': timing, 'torchvision': timing})
     bench.run_graph_rows(args, results)
     assert results[0]['graph_error'].startswith('the CUDA graph capture failed: ValueError: GraphedStep')
+
+
+def test_set_reaches_this_projects_model_and_the_graph_rows_child(bench, monkeypatch, capsys):
+    """--set KEY VALUE (last on the line, as in every script) applies after the benchmark's own settings: with
+    CHANNELS_LAST the model's trunk gets NHWC images; the graph rows' child gets the same --set."""
+    seen = []
+    build_ours = bench.build_ours
+
+    def build(*args):
+        model = build_ours(*args)
+        model.RCNN_base[0].register_forward_pre_hook(
+            lambda m, inputs: seen.append(inputs[0].is_contiguous(memory_format=torch.channels_last)))
+        return model
+    monkeypatch.setattr(bench, 'build_ours', build)
+    common = ['--device', 'cpu', '--net', 'res18', '--height', '64', '--width', '96', '--bs', '1', '--iters', '1',
+              '--warmup', '0', '--sections', 'train']
+    for layout in ('False', 'True'):
+        seen.clear()
+        rows = bench.main(common + ['--set', 'CHANNELS_LAST', layout, 'TRAIN.BATCH_SIZE', '32'])
+        assert seen and set(seen) == {layout == 'True'}
+        assert bench.cfg.TRAIN.BATCH_SIZE == 32 and rows[0]['ours']['ms'] > 0
+    assert '| --set CHANNELS_LAST True TRAIN.BATCH_SIZE 32' in capsys.readouterr().out
+    args = bench.parse_args(['--device', 'cuda', '--json', 'b.json', '--set', 'CHANNELS_LAST', 'True'])
+    child = bench.graph_child_argv(args, [{'section': 'train', 'bs': 4, 'amp': 'bf16'}], 'rows.json')
+    assert child[-3:] == ['--set', 'CHANNELS_LAST', 'True']
+    assert bench.parse_args(child[2:]).set_cfgs == ['CHANNELS_LAST', 'True']

@@ -15,6 +15,7 @@ measured again in a new child, as its first row; only a row that kills a fresh c
 
     python tools/bench.py --device cuda                 # the full GPU run recorded in docs/BENCHMARKS.md
     python tools/bench.py --device cpu --quick          # small sizes, runs (slowly) anywhere
+    python tools/bench.py --device cuda --sections train --net res50 --bs 8 --amp bf16 --set CHANNELS_LAST True
 """
 import argparse
 import json
@@ -315,7 +316,7 @@ def graph_child_argv(args, rows, path):
             '--bs', *map(str, args.bs), '--amp', *args.amp, '--height', str(args.height), '--width', str(args.width),
             '--warmup', str(args.warmup), '--iters', str(args.iters), '--num_classes', str(args.num_classes),
             '--graph_child', path, '--graph_rows', ','.join(row_key(r) for r in rows)]
-    return argv + (['--profile'] if args.profile else [])
+    return argv + (['--profile'] if args.profile else []) + (['--set', *args.set_cfgs] if args.set_cfgs else [])
 
 
 def describe_exit(returncode):
@@ -582,6 +583,10 @@ def parse_args(argv=None):
                    help='also profile both models (torch.profiler) in the train row of the largest batch and the '
                         'last --amp, and in the test row of the last --amp: top ops by self time on the device, '
                         'host synchronisations per step')
+    p.add_argument('--set', dest='set_cfgs', default=None, nargs=argparse.REMAINDER,
+                   help="config KEY VALUE pairs applied after the benchmark's own settings; torchvision's model "
+                        'takes the shared ones too (proposal counts, POOLING_SIZE, TRAIN.BATCH_SIZE, TEST.NMS), '
+                        'keys such as CHANNELS_LAST are this project\'s alone; must come last')
     args = p.parse_args(argv)
     quick = args.quick or args.device == 'cpu'
     if args.graph is None:
@@ -633,12 +638,15 @@ def main(argv=None):
     cfg_from_file(osp.join(ROOT, 'cfgs', f'{args.net}.yml'))
     cfg_from_list(['ANCHOR_SCALES', '[8, 16, 32]', 'TRAIN.SCALES', f'[{args.height}]',
                    'TRAIN.MAX_SIZE', str(max(args.width, args.height))])
+    if args.set_cfgs:
+        cfg_from_list(args.set_cfgs)
     sections = set(args.sections.split(','))
     if args.graph_child:  # run_graph_rows's child: its rows go to the parent through this file
         sections &= {'train', 'test'}
     else:
         print(f'device: {device_name(device)} | torch {torch.__version__} | {args.net} '
-              f'{args.height}x{args.width} | warmup {args.warmup}, median of {args.iters}', flush=True)
+              f'{args.height}x{args.width} | warmup {args.warmup}, median of {args.iters}'
+              + (f" | --set {' '.join(args.set_cfgs)}" if args.set_cfgs else ''), flush=True)
     results = Results(args.graph_child or args.json,
                       {'device': device_name(device), 'torch': torch.__version__, 'args': vars(args)})
     for name, run in (('train', lambda: bench_train(args, device, args.num_classes, results)),
