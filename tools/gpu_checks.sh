@@ -10,6 +10,10 @@
 #   bash tools/gpu_checks.sh train            # the GPU main job: data, backbone pretraining, training under
 #                                             # --time_budget (what the budget leaves, at most TRAIN_SECONDS),
 #                                             # test_net
+#   bash tools/gpu_checks.sh layout           # the training step of the main job's net, batch 8, bf16, in both
+#                                             # layouts (tools/bench.py with and without CHANNELS_LAST); the faster
+#                                             # one goes to output/gpu_layout.txt, which a later train stage on the
+#                                             # same machine passes to the trainer (CHANNELS_LAST=True/False overrides)
 #   bash tools/gpu_checks.sh pretrain ops bench   # the main job's data and backbone pretraining run in the
 #                                             # background during the CUDA tests (the GPU is shared, nothing is
 #                                             # timed then); every stage that times waits for them first. A later
@@ -27,7 +31,9 @@
 # Environment: BUDGET; TORCH_CUDA_ARCH_LIST (default 9.0, the H100/H200); for train TRAIN_ARGS, NET, WEIGHTS
 # (default pretrain: tools/pretrain_backbone.py with PRETRAIN_ARGS first; none: from scratch; or a file) and
 # TRAIN_SECONDS (default 510: with the pretraining's 90 s, the issue's ten minutes of training; less when the
-# budget leaves less after the test runs). The trainer's --time_budget fits its epochs and lr decay to that time.
+# budget leaves less after the test runs), CHANNELS_LAST (True/False; default: the layout stage's choice where
+# one ran on this machine, else the config's default). The trainer's --time_budget fits its epochs and lr decay
+# to that time.
 # The defaults of NET, PRETRAIN_ARGS and TRAIN_ARGS are README command (a)'s, in tools/main_job_gpu.sh.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -35,8 +41,8 @@ START=$(date +%s)
 BUDGET=${BUDGET:-560}
 STAGES=${*:-ops bench}
 for s in $STAGES; do  # a typo fails here, not after the build
-  case $s in pretrain|ops|bench|train) ;;
-    *) echo "unknown stage '$s'; expected pretrain, ops, bench or train" >&2; exit 2 ;;
+  case $s in pretrain|ops|bench|layout|train) ;;
+    *) echo "unknown stage '$s'; expected pretrain, ops, bench, layout or train" >&2; exit 2 ;;
   esac
 done
 LOGS=output/gpu_checks
@@ -107,8 +113,10 @@ fi
 # README command (a)), 'none' (from scratch), or a weights file
 WEIGHTS=${WEIGHTS:-pretrain}
 PRETRAINED=output/gpu_pretrain/${NET}_shapes_crops.pth  # outside $LOGS: a later call on the same machine reuses it
-SCRATCH=()  # cfgs/shapes_gpu.yml's fine-tuning rules (frozen BatchNorm, fixed blocks) would freeze random weights
-[ "$WEIGHTS" != none ] || SCRATCH=(--set TRAIN.BN_TRAIN True RESNET.FIXED_BLOCKS 0)
+SET_CFGS=()  # the trainer's --set pairs
+# from scratch: cfgs/shapes_gpu.yml's fine-tuning rules (frozen BatchNorm, fixed blocks) would freeze random weights
+[ "$WEIGHTS" != none ] || SET_CFGS+=(TRAIN.BN_TRAIN True RESNET.FIXED_BLOCKS 0)
+LAYOUT_FILE=output/gpu_layout.txt  # outside $LOGS: the layout stage's choice, for a later call's train stage
 TRAIN_SECONDS=${TRAIN_SECONDS:-510}
 
 # what the build needs, in the summary: setup.py quietly builds CPU kernels only when it finds no nvcc
@@ -196,6 +204,30 @@ for s in $STAGES; do
       stage bench 400 "$PY" tools/bench.py --device cuda --sections train,test,loader --profile \
         --json "$LOGS/bench.json"
       ;;
+    layout)
+      # the main job's training step (its net, batch 8, bf16; tools/bench.py's train row at 600 x 1000, eager) in
+      # the default layout and with CHANNELS_LAST: the H200's replayed ResNet-101 step spent 6.7 of its 30 ms in
+      # cuDNN's NCHW<->NHWC conversions. CHANNELS_LAST is kept only when it is at least 3% faster.
+      wait_background
+      rm -f "$LAYOUT_FILE"
+      layout_args=(--device cuda --sections train --net "$NET" --bs 8 --amp bf16 --no-graph --warmup 10 --iters 30)
+      stage layout_nchw 120 "$PY" tools/bench.py "${layout_args[@]}" --json "$LOGS/layout_nchw.json" || continue
+      stage layout_nhwc 120 "$PY" tools/bench.py "${layout_args[@]}" --json "$LOGS/layout_nhwc.json" \
+        --set CHANNELS_LAST True || continue
+      ours_ms() { awk '$1 == "train" && $5 == "ours" { print $6; exit }' "$LOGS/$1.log"; }
+      nchw=$(ours_ms layout_nchw)
+      nhwc=$(ours_ms layout_nhwc)
+      if [ -z "$nchw" ] || [ -z "$nhwc" ]; then
+        echo "== layout: no train row in the benchmark's output; the trainer keeps the default" \
+          | tee -a "$LOGS/summary.txt"
+        status=1
+        continue
+      fi
+      mkdir -p "$(dirname "$LAYOUT_FILE")"
+      awk -v a="$nchw" -v b="$nhwc" 'BEGIN { print (b <= 0.97 * a) ? "True" : "False" }' > "$LAYOUT_FILE"
+      echo "== layout: $NET bs 8 bf16 training step $nchw ms NCHW, $nhwc ms CHANNELS_LAST:" \
+        "CHANNELS_LAST $(cat "$LAYOUT_FILE") for the train stage" | tee -a "$LOGS/summary.txt"
+      ;;
     train)
       wait_background
       main_job_weights || continue
@@ -211,13 +243,19 @@ for s in $STAGES; do
         status=1
         continue
       fi
-      echo "== train: --time_budget $budget with $TRAIN_ARGS" | tee -a "$LOGS/summary.txt"
+      # the layout: CHANNELS_LAST from the environment, else the layout stage's measured choice, else the default
+      layout=${CHANNELS_LAST:-$(cat "$LAYOUT_FILE" 2>/dev/null)}
+      set_cfgs=(${SET_CFGS[@]+"${SET_CFGS[@]}"})
+      [ -z "$layout" ] || set_cfgs+=(CHANNELS_LAST "$layout")
+      set_args=()
+      [ ${#set_cfgs[@]} -eq 0 ] || set_args=(--set "${set_cfgs[@]}")  # last on the line: --set takes the rest
+      echo "== train: --time_budget $budget with $TRAIN_ARGS ${set_args[*]+${set_args[*]}}" | tee -a "$LOGS/summary.txt"
       # the trainer ends within its budget with a checkpoint; at the stage's limit (the budget and the margin) a
       # SIGTERM makes it save after its current iteration and exit 0 instead; the last checkpoint is tested
       # shellcheck disable=SC2086
       stage train "$(( budget + TRAIN_MARGIN ))" "$PY" trainval_net.py --dataset shapes --net "$NET" --weights "$weights" \
         --cfg cfgs/shapes_gpu.yml --cuda --s 1 --save_dir "$LOGS/models" --disp_interval 50 $TRAIN_ARGS \
-        --time_budget "$budget" ${SCRATCH[@]+"${SCRATCH[@]}"} || continue
+        --time_budget "$budget" ${set_args[@]+"${set_args[@]}"} || continue
       ckpt=$(ls -t "$LOGS/models/$NET/shapes"/faster_rcnn_1_*.pth 2>/dev/null | head -n 1)
       [ -n "$ckpt" ] || { echo "== train: no checkpoint" | tee -a "$LOGS/summary.txt"; status=1; continue; }
       IFS=_ read -r _ _ sess ep step <<< "$(basename "$ckpt" .pth)"
