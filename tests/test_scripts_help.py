@@ -38,5 +38,5 @@ def test_gpu_checks_refuses_an_unknown_stage_before_building(tmp_path):
     out = subprocess.run(['bash', os.path.join(ROOT, 'tools', 'gpu_checks.sh'), 'ops', 'tarin'], capture_output=True,
                          text=True, timeout=60, env={**os.environ, 'OUT': str(tmp_path)})
     assert out.returncode == 2
-    assert "unknown stage 'tarin'; expected pretrain, ops, bench or train" in out.stderr
+    assert "unknown stage 'tarin'; expected pretrain, ops, bench, layout or train" in out.stderr
     assert list(tmp_path.iterdir()) == []  # nothing ran: no summary, no build log
