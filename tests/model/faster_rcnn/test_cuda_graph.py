@@ -110,7 +110,7 @@ def test_graphed_steps_on_one_device_share_one_warmup_stream():
     """PyTorch keeps a cuBLAS workspace (32 MiB on Hopper) for every stream cuBLAS ran on, for the life of the
     process: with a new warm-up stream per graph, each graph made left one more allocated (on the H200 of
     2026-11-28, tools/bench.py's replayed test rows, measured after four training graphs, peaked at 561 and 596
-    MB per image against 268 and 302 as the first graphs of a process)."""
+    MB per image; in a process of their own on an H100 they had peaked at 268 and 302)."""
     with FakeTensorMode():
         x = torch.ones(4, device='cuda')
         first = GraphedStep(lambda t: t * 2, (x,), warmup=1)
